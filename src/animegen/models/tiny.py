@@ -1,0 +1,159 @@
+"""Tiny random-weight models of the real SD1.x and SDXL families.
+
+They have the same component classes, block structure and key layout as the real checkpoints
+(4-level SD1 UNet with cross-attention in the first three levels, 3-level SDXL UNet with
+text-time conditioning, 8x VAE, CLIP-L / OpenCLIP-bigG style text encoders with the real
+49,408-token vocabulary) but only a few million parameters, so tests and the quick start run
+offline on a CPU in seconds. Head sizes follow the families' rules (SD1: 8 heads per block;
+SDXL: 64 channels per head; CLIP: 64 channels per head) so that architecture detection from
+checkpoint keys works on them exactly as on real files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from animegen.models.assets import load_tokenizer
+
+Arch = Literal["sd15", "sdxl"]
+
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+}
+
+
+def _vae(scaling_factor: float, force_upcast: bool):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+        force_upcast=force_upcast,
+    )
+
+
+def _clip_config(hidden_act: str, projection_dim: int = 64):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=1,
+        max_position_embeddings=77,
+        hidden_act=hidden_act,
+        projection_dim=projection_dim,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+    )
+
+
+def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
+    """Return the diffusers pipeline components of a tiny random-weight model of `arch`."""
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    scheduler = EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
+    if arch == "sd15":
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            block_out_channels=(32, 32, 64, 64),
+            layers_per_block=2,
+            cross_attention_dim=64,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        return {
+            "unet": unet,
+            "vae": _vae(0.18215, force_upcast=False),
+            "text_encoder": CLIPTextModel(_clip_config("quick_gelu")),
+            "tokenizer": load_tokenizer(),
+            "scheduler": scheduler,
+            "safety_checker": None,
+            "feature_extractor": None,
+            "image_encoder": None,
+        }
+    if arch == "sdxl":
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(64, 64, 128),
+            layers_per_block=2,
+            transformer_layers_per_block=(1, 1, 2),
+            attention_head_dim=(1, 1, 2),
+            cross_attention_dim=128,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=64 + 6 * 8,
+            norm_num_groups=32,
+        )
+        return {
+            "unet": unet,
+            "vae": _vae(0.13025, force_upcast=True),
+            "text_encoder": CLIPTextModel(_clip_config("quick_gelu")),
+            "text_encoder_2": CLIPTextModelWithProjection(_clip_config("gelu", projection_dim=64)),
+            "tokenizer": load_tokenizer(),
+            "tokenizer_2": load_tokenizer(pad_token="!"),
+            "scheduler": scheduler,
+            "image_encoder": None,
+            "feature_extractor": None,
+        }
+    raise ValueError(f"unknown arch {arch!r}: choose 'sd15' or 'sdxl'")
+
+
+def build_tiny_pipeline(arch: Arch = "sd15", seed: int = 0):
+    """A diffusers StableDiffusionPipeline / StableDiffusionXLPipeline around tiny random weights."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    components = build_tiny_components(arch, seed)
+    if arch == "sd15":
+        return StableDiffusionPipeline(**components, requires_safety_checker=False)
+    return StableDiffusionXLPipeline(**components)
+
+
+def save_tiny_model(arch: Arch, out: Path | str | None = None, single_file: Path | str | None = None,
+                    seed: int = 0) -> dict[str, Path]:
+    """Write a tiny model as a diffusers folder (`out`) and/or an A1111-layout single file."""
+    if out is None and single_file is None:
+        raise ValueError("give an output folder, a single-file path, or both")
+    pipe = build_tiny_pipeline(arch, seed)
+    written: dict[str, Path] = {}
+    if out is not None:
+        out = Path(out)
+        pipe.save_pretrained(out, safe_serialization=True)
+        written["folder"] = out
+    if single_file is not None:
+        from animegen.models.single_file import save_single_file
+
+        single_file = Path(single_file)
+        save_single_file(pipe, single_file)
+        written["single_file"] = single_file
+    return written
