@@ -1,7 +1,127 @@
-"""`animegen generate`, `animegen samplers`, `animegen presets` (being written)."""
+"""`animegen generate`, `animegen samplers`: the command line over `animegen.generate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+
+from animegen.cli.common import fail, user_errors
+
+
+def parse_lora_arg(text: str) -> tuple[str, float]:
+    """`PATH[:WEIGHT]` → (path, weight); weight defaults to 1.0 like A1111."""
+    head, sep, tail = text.rpartition(":")
+    if sep:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def _next_index(out: Path) -> int:
+    """A1111 numbers images 00000-SEED.png, continuing after the highest number in the folder."""
+    numbers = [int(p.name.split("-", 1)[0]) for p in out.glob("*.png") if p.name.split("-", 1)[0].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def generate_command(
+    prompt: Optional[str] = typer.Argument(None, help="Prompt (A1111 syntax: (emphasis:1.2), [less], BREAK, <lora:name:0.8>)."),
+    model: str = typer.Option(..., "--model", "-m", help="Hub id, diffusers folder, or single .safetensors checkpoint."),
+    negative: str = typer.Option("", "--negative", help="Negative prompt (default: the preset's)."),
+    preset: str = typer.Option("none", help="Prompt preset: animagine, dashanime, danbooru, none, or a user preset."),
+    preset_file: Optional[Path] = typer.Option(None, help="TOML file with user presets."),
+    sampler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras'."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: preset's, else 28)."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale (default: preset's, else 7)."),
+    seed: int = typer.Option(-1, help="Seed; -1 picks one. Image k uses seed+k."),
+    width: Optional[int] = typer.Option(None, help="Width, multiple of 8 (default: preset's, else 512 SD1 / 1024 SDXL)."),
+    height: Optional[int] = typer.Option(None, help="Height, multiple of 8."),
+    clip_skip: int = typer.Option(1, help="CLIP skip, A1111's meaning: 1 = no skip, 2 = penultimate layer."),
+    lora: list[str] = typer.Option([], "--lora", help="LoRA file PATH[:WEIGHT]; repeatable."),
+    lora_dir: Optional[Path] = typer.Option(None, help="Folder that resolves <lora:name:w> tags."),
+    n: int = typer.Option(1, "--n", help="Number of images."),
+    batch_size: int = typer.Option(1, help="Images per forward pass."),
+    grid: bool = typer.Option(False, help="Also save a grid of all images."),
+    init_image: Optional[Path] = typer.Option(None, help="img2img: start from this image."),
+    strength: float = typer.Option(0.75, help="img2img denoising strength."),
+    hires_scale: float = typer.Option(1.0, help="Hires fix upscale factor (1 = off)."),
+    hires_steps: int = typer.Option(0, help="Hires fix steps (0 = same as --steps)."),
+    hires_denoise: float = typer.Option(0.5, help="Hires fix denoising strength."),
+    out: Path = typer.Option(Path("outputs"), help="Output folder."),
+    from_png: Optional[Path] = typer.Option(None, help="Re-run the generation recorded in this PNG's infotext."),
+    vae: Optional[str] = typer.Option(None, help="VAE override: folder or single file."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
+    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.pt/.bin checkpoints (tensors only)."),
+) -> None:
+    """Generate images; each PNG carries A1111-compatible infotext."""
+    from tqdm import tqdm
+
+    from animegen.data.image_io import open_image
+    from animegen.generate import GenerationRequest, Generator, read_png_infotext, request_from_infotext, save_png
+
+    with user_errors():
+        if from_png is not None:
+            text = read_png_infotext(from_png)
+            if text is None:
+                fail(f"{from_png} has no 'parameters' infotext to re-run")
+            request = request_from_infotext(text, n=n, batch_size=batch_size)
+        elif prompt is None:
+            fail("give a PROMPT, or --from-png FILE to re-run an image")
+        else:
+            request = GenerationRequest(
+                prompt=prompt, negative_prompt=negative, preset=preset, sampler=sampler, steps=steps,
+                cfg_scale=cfg, seed=seed, width=width, height=height, clip_skip=clip_skip,
+                loras=[parse_lora_arg(x) for x in lora], n=n, batch_size=batch_size,
+                init_image=open_image(init_image) if init_image else None, strength=strength,
+                hires_scale=hires_scale, hires_steps=hires_steps, hires_denoise=hires_denoise)
+        request.validate()
+        generator = Generator(model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                              lora_dir=lora_dir, preset_file=preset_file)
+        if from_png is not None:
+            for path, _ in (parse_lora_arg(x) for x in lora):
+                generator.register_lora(path)  # names for the <lora:...> tags recorded in the prompt
+        bar = tqdm(total=1, desc="generating", unit="step")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        images = generator(request, progress=progress)
+        bar.close()
+        out.mkdir(parents=True, exist_ok=True)
+        index = _next_index(out)
+        for i, img in enumerate(images):
+            path = save_png(img, out / f"{index + i:05d}-{img.seed}.png")
+            typer.echo(f"saved {path}")
+        if grid and len(images) > 1:
+            from diffusers.utils import make_image_grid
+
+            cols = min(len(images), 4)
+            rows = -(-len(images) // cols)
+            blank = images[0].image.copy()
+            blank.paste((0, 0, 0), (0, 0, *blank.size))
+            tiles = [im.image for im in images] + [blank] * (rows * cols - len(images))
+            grid_image = make_image_grid(tiles, rows=rows, cols=cols)
+            grid_path = out / f"grid-{index:05d}.png"
+            grid_image.save(grid_path)
+            typer.echo(f"saved {grid_path}")
+
+
+def samplers_command() -> None:
+    """List the A1111 sampler names animegen understands and the diffusers scheduler behind each."""
+    from animegen.generate.samplers import SAMPLERS
+
+    for s in SAMPLERS.values():
+        opts = ", ".join(f"{k}={v}" for k, v in s.options.items())
+        typer.echo(f"{s.name:<22} {s.scheduler_class.__name__}{f' ({opts})' if opts else ''}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the generation commands to the main app."""
+    app.command("generate")(generate_command)
+    app.command("samplers")(samplers_command)

@@ -1,0 +1,228 @@
+"""The one place that reads images from disk: validates, normalises, and explains every failure.
+
+Datasets scraped from the web contain zero-byte downloads, HTML error pages saved as `.jpg`, truncated
+transfers, decompression bombs, CMYK scans, palette GIFs and 16-bit PNGs. Every reader in animegen goes
+through `open_image` so they all agree on what an image is and get a human reason when it is not one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Default pixel limit (width * height): ~ 16k x 16k. Large enough for any real illustration, small enough
+#: that a crafted file cannot make us allocate gigabytes.
+DEFAULT_MAX_PIXELS = 256_000_000
+
+#: File extensions the scanners pick up (content is still sniffed; the extension only selects candidates).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic"}
+)
+
+# PIL format name -> extensions that honestly carry it.
+_FORMAT_EXTENSIONS = {
+    "JPEG": {".jpg", ".jpeg", ".jfif", ".jpe"},
+    "PNG": {".png"},
+    "WEBP": {".webp"},
+    "GIF": {".gif"},
+    "BMP": {".bmp", ".dib"},
+    "TIFF": {".tif", ".tiff"},
+    "MPO": {".jpg", ".jpeg", ".mpo"},
+    "AVIF": {".avif"},
+    "HEIF": {".heic", ".heif"},
+}
+
+
+class ImageError(Exception):
+    """An image that cannot be used, with the path and a human-readable reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class LoadedImage:
+    """An image normalised to 8-bit RGB plus what had to be done to get there."""
+
+    image: Image.Image
+    format: str  # what the content is (PIL format name), whatever the extension says
+    source_mode: str  # PIL mode before normalisation (P, CMYK, I;16, RGBA ...)
+    n_frames: int
+    transposed: bool  # an EXIF orientation was applied
+    extension_mismatch: bool  # e.g. a PNG saved as `.jpg`
+
+    @property
+    def normalized(self) -> bool:
+        """True when the decoded pixels differ from a plain copy of the file (re-encode on export)."""
+        return (
+            self.transposed
+            or self.n_frames > 1
+            or self.source_mode != "RGB"
+            or self.format not in ("JPEG", "PNG", "WEBP")
+        )
+
+
+def _composite_on_white(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    canvas.alpha_composite(rgba)
+    return canvas.convert("RGB")
+
+
+def _high_bit_depth_to_rgb(im: Image.Image) -> Image.Image:
+    """I;16 / I / F greyscale -> 8-bit RGB. PIL's own convert clips everything above 255 to white."""
+    arr = np.asarray(im).astype(np.float64)
+    if im.mode == "F":
+        scale = 255.0 if arr.size and np.nanmax(arr) <= 1.0 else 1.0
+        arr = arr * scale
+    elif arr.size and arr.max() > 255:
+        arr = arr / 257.0  # 16-bit range onto 8 bits: 65535 -> 255
+    arr = np.nan_to_num(arr).round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(arr, mode="L").convert("RGB")
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    """Use the embedded ICC profile when there is one (print scans look wrong with a naive formula)."""
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            dst = ImageCms.createProfile("sRGB")
+            return ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+        except Exception:  # broken or unsupported profile: fall back to PIL's formula
+            pass
+    return im.convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparency is composited on white (what taggers and trainers expect)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P":
+        return _composite_on_white(im) if "transparency" in im.info else im.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("L", "RGB") and "transparency" in im.info):
+        return _composite_on_white(im)
+    if mode == "CMYK":
+        return _cmyk_to_rgb(im)
+    if mode.startswith("I") or mode == "F":
+        return _high_bit_depth_to_rgb(im)
+    return im.convert("RGB")
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Decode `path` into an 8-bit RGB image; raise `ImageError` with the reason if it is not usable."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageError(path, f"cannot read file: {e.strerror or e}") from None
+    if size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt = im.format or "unknown"
+                w, h = im.size
+                if w <= 0 or h <= 0:
+                    raise ImageError(path, f"invalid dimensions {w}x{h}")
+                if max_pixels and w * h > max_pixels:
+                    raise ImageError(
+                        path,
+                        f"too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the limit of "
+                        f"{max_pixels / 1e6:.0f} MP (possible decompression bomb; raise --max-pixels "
+                        "if the file is genuine)",
+                    )
+                n_frames = getattr(im, "n_frames", 1) or 1
+                if n_frames > 1:
+                    im.seek(0)
+                source_mode = im.mode
+                im.load()
+                exif_orientation = im.getexif().get(0x0112, 1)
+                transposed_im = ImageOps.exif_transpose(im) if exif_orientation not in (1, None) else im
+                rgb = to_rgb(transposed_im)
+                if rgb is im:
+                    rgb = im.copy()  # detach from the file handle
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(path, f"not an image ({_describe_content(path)})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(path, f"too large (possible decompression bomb): {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError) as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower() or isinstance(e, EOFError):
+            raise ImageError(path, f"truncated or incomplete image data ({msg})") from None
+        raise ImageError(path, f"corrupt image data ({msg})") from None
+    except MemoryError:
+        raise ImageError(path, "not enough memory to decode this image") from None
+    ext = path.suffix.lower()
+    mismatch = bool(ext) and fmt in _FORMAT_EXTENSIONS and ext not in _FORMAT_EXTENSIONS[fmt]
+    return LoadedImage(
+        image=rgb,
+        format=fmt,
+        source_mode=source_mode,
+        n_frames=n_frames,
+        transposed=exif_orientation not in (1, None),
+        extension_mismatch=mismatch,
+    )
+
+
+def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The validated, EXIF-transposed, first-frame, 8-bit RGB image at `path` (alpha on white).
+
+    Raises `ImageError(path, reason)` for empty, truncated, non-image, oversized or corrupt files.
+    """
+    return read_image(path, max_pixels=max_pixels).image
+
+
+def _describe_content(path: Path) -> str:
+    """A short guess at what a non-image file is, so the report says e.g. 'looks like HTML'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return "unreadable"
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html")):
+        return "looks like an HTML page, probably a failed download"
+    if stripped.startswith(b"<svg") or b"<svg" in stripped[:200]:
+        return "looks like SVG vector graphics; rasterise it first"
+    if stripped.startswith((b"{", b"[")):
+        return "looks like JSON text"
+    if head.startswith(b"PK\x03\x04"):
+        return "looks like a ZIP archive"
+    try:
+        head.decode("utf-8")
+        return "looks like a text file"
+    except UnicodeDecodeError:
+        return "unknown binary format"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of the file's bytes: the content identity used for exact duplicates and resuming."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def perceptual_hash(image: Image.Image, hash_size: int = 8) -> str:
+    """DCT perceptual hash (imagehash.phash) as hex; near duplicates differ in only a few bits."""
+    import imagehash
+
+    return str(imagehash.phash(image, hash_size=hash_size))
+
+
+def hash_distance(a: str, b: str) -> int:
+    """Hamming distance between two hex perceptual hashes."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()

@@ -1,0 +1,262 @@
+"""`animegen data ingest`: scan source folders into a dataset manifest without touching the sources.
+
+Every file is validated through `image_io.read_image`; broken files become `error` rows with the reason.
+Exact duplicates are found by sha256, near duplicates by perceptual hash (clusters of pictures within a few
+bits of each other; the largest is kept). Re-running skips files already recorded with the same content.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from animegen.data.image_io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageError,
+    hash_distance,
+    perceptual_hash,
+    read_image,
+    sha256_file,
+)
+from animegen.data.manifest import (
+    STATUS_DUPLICATE,
+    STATUS_ERROR,
+    STATUS_NEAR_DUPLICATE,
+    STATUS_OK,
+    Manifest,
+    ManifestRow,
+)
+
+SIDECAR_EXTENSIONS = (".txt", ".caption", ".json")
+NEAR_DUPLICATES_REPORT = "near_duplicates.json"
+
+
+@dataclass
+class IngestReport:
+    """What an ingest run did; `clusters` lists near-duplicate groups with the kept path first."""
+
+    scanned: int = 0
+    added: int = 0
+    skipped: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    clusters: list[list[str]] = field(default_factory=list)
+
+
+def scan_sources(sources: Sequence[str | Path], *, exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """All candidate image files under `sources` (recursive, sorted, symlinked dirs not followed)."""
+    excluded = [Path(p).resolve() for p in exclude]
+    found: set[Path] = set()
+    for src in sources:
+        src = Path(src)
+        if not src.exists():
+            raise FileNotFoundError(f"source {src} does not exist")
+        if src.is_file():
+            found.add(src.resolve())
+            continue
+        for root, dirs, files in os.walk(src):
+            root_path = Path(root).resolve()
+            if any(root_path == e or e in root_path.parents for e in excluded):
+                dirs[:] = []
+                continue
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in files:
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                    found.add(root_path / name)
+    return sorted(found)
+
+
+def read_sidecar(image_path: str | Path) -> tuple[str | None, list[str] | None]:
+    """Caption and tags from `NAME.txt` / `NAME.caption` / `NAME.json` next to an image (first found)."""
+    image_path = Path(image_path)
+    caption: str | None = None
+    tags: list[str] | None = None
+    for ext in (".txt", ".caption"):
+        p = image_path.with_suffix(ext)
+        if p.is_file():
+            text = p.read_text(encoding="utf-8", errors="replace").strip()
+            if text:
+                caption = text
+                break
+    p = image_path.with_suffix(".json")
+    if p.is_file():
+        try:
+            meta = json.loads(p.read_text(encoding="utf-8", errors="replace"))
+        except json.JSONDecodeError:
+            meta = None
+        if isinstance(meta, dict):
+            if caption is None:
+                for key in ("caption", "text", "prompt", "description"):
+                    if isinstance(meta.get(key), str) and meta[key].strip():
+                        caption = meta[key].strip()
+                        break
+            raw = meta.get("tags")
+            if isinstance(raw, str):
+                tags = [t.strip() for t in raw.split(",") if t.strip()]
+            elif isinstance(raw, list):
+                tags = [str(t).strip() for t in raw if str(t).strip()]
+            elif isinstance(meta.get("tag_string"), str):  # Danbooru API: space separated, underscores
+                tags = [t.replace("_", " ") for t in meta["tag_string"].split()]
+    return caption, tags
+
+
+def _examine(path: Path, stat: os.stat_result, sha: str, max_pixels: int) -> ManifestRow:
+    row = ManifestRow(path=str(path), sha256=sha, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    try:
+        loaded = read_image(path, max_pixels=max_pixels)
+    except ImageError as e:
+        row.status, row.reason = STATUS_ERROR, e.reason
+        return row
+    img = loaded.image
+    row.width, row.height = img.size
+    row.format, row.mode, row.normalized = loaded.format, loaded.source_mode, loaded.normalized
+    row.phash = perceptual_hash(img)
+    notes = []
+    if loaded.extension_mismatch:
+        notes.append(f"content is {loaded.format} despite the {path.suffix} extension")
+    if loaded.n_frames > 1:
+        notes.append(f"animated ({loaded.n_frames} frames): first frame used")
+    row.reason = "; ".join(notes) or None
+    row.source_caption, row.source_tags = read_sidecar(path)
+    return row
+
+
+def find_near_duplicate_clusters(items: Sequence[tuple[str, str]], threshold: int) -> list[list[str]]:
+    """Group keys whose hex hashes differ in <= `threshold` bits (transitively; single-link).
+
+    Pigeonhole banding: split the hash into threshold+1 bands; two hashes within the threshold agree
+    exactly on at least one band, so only keys sharing a band are compared (no O(n^2) scan).
+    """
+    if threshold < 0 or not items:
+        return []
+    parent = list(range(len(items)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    nbits = len(items[0][1]) * 4
+    ints = [int(h, 16) for _, h in items]
+    n_bands = min(threshold + 1, nbits)
+    bounds = [round(b * nbits / n_bands) for b in range(n_bands + 1)]
+    for b in range(n_bands):
+        lo, hi = bounds[b], bounds[b + 1]
+        mask = (1 << (hi - lo)) - 1
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for i, v in enumerate(ints):
+            buckets[(v >> lo) & mask].append(i)
+        for members in buckets.values():
+            for a_idx in range(len(members)):
+                for b_idx in range(a_idx + 1, len(members)):
+                    i, j = members[a_idx], members[b_idx]
+                    if find(i) != find(j) and (ints[i] ^ ints[j]).bit_count() <= threshold:
+                        parent[find(i)] = find(j)
+    groups: dict[int, list[str]] = defaultdict(list)
+    for i, (key, _) in enumerate(items):
+        groups[find(i)].append(key)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _update_near_duplicates(manifest: Manifest, threshold: int) -> list[list[str]]:
+    """Recompute near-duplicate clusters over all decoded rows; keep the largest image of each."""
+    candidates = [r for r in manifest if r.status in (STATUS_OK, STATUS_NEAR_DUPLICATE) and r.phash]
+    candidates.sort(key=lambda r: r.path)
+    clusters = find_near_duplicate_clusters([(r.path, r.phash) for r in candidates], threshold)
+    by_path = {r.path: r for r in candidates}
+    ordered: list[list[str]] = []
+    in_cluster: dict[str, tuple[int, str]] = {}
+    for members in clusters:
+        rows = sorted((by_path[p] for p in members),
+                      key=lambda r: (-(r.width or 0) * (r.height or 0), -(r.size or 0), r.path))
+        ordered.append([r.path for r in rows])
+    ordered.sort(key=lambda paths: paths[0])
+    for cid, paths in enumerate(ordered):
+        for p in paths:
+            in_cluster[p] = (cid, paths[0])
+    for r in candidates:
+        cid, best = in_cluster.get(r.path, (None, r.path))
+        want_status = STATUS_OK if best == r.path else STATUS_NEAR_DUPLICATE
+        want_dup = None if best == r.path else best
+        want_reason = None if want_status == STATUS_OK else (
+            f"near duplicate of {best} (perceptual hash distance "
+            f"{hash_distance(r.phash, by_path[best].phash)})"
+        )
+        if (r.status, r.duplicate_of, r.cluster) != (want_status, want_dup, cid):
+            r.status, r.duplicate_of, r.cluster = want_status, want_dup, cid
+            if want_status == STATUS_NEAR_DUPLICATE or (r.reason or "").startswith("near duplicate"):
+                r.reason = want_reason
+            manifest.put(r)
+    return ordered
+
+
+def ingest(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    near_duplicate_threshold: int = 4,
+    progress: bool = True,
+) -> IngestReport:
+    """Scan `sources` into the dataset folder `out` (created if needed); resumable and incremental.
+
+    `near_duplicate_threshold`: max perceptual-hash bit distance of near duplicates (-1 turns it off).
+    """
+    out = Path(out)
+    report = IngestReport()
+    paths = scan_sources(sources, exclude=[out])
+    report.scanned = len(paths)
+    with Manifest(out, create=True) as manifest:
+        by_sha: dict[str, str] = {}
+        for r in manifest:
+            if r.sha256 and r.status != STATUS_ERROR and r.status != STATUS_DUPLICATE:
+                by_sha.setdefault(r.sha256, r.path)
+        for path in tqdm(paths, desc="ingest", unit="img", disable=not progress):
+            key = str(path)
+            try:
+                stat = path.stat()
+            except OSError as e:
+                manifest.put(ManifestRow(path=key, status=STATUS_ERROR, reason=f"cannot read file: {e}"))
+                continue
+            old = manifest.rows.get(key)
+            if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
+                report.skipped += 1
+                continue
+            try:
+                sha = sha256_file(path)
+            except OSError as e:
+                manifest.put(ManifestRow(path=key, status=STATUS_ERROR, reason=f"cannot read file: {e}"))
+                continue
+            if old is not None and old.sha256 == sha:  # touched but same content: nothing to redo
+                old.size, old.mtime_ns = stat.st_size, stat.st_mtime_ns
+                manifest.put(old)
+                report.skipped += 1
+                continue
+            kept = by_sha.get(sha)
+            if kept is not None and kept != key:
+                row = ManifestRow(path=key, sha256=sha, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                                  status=STATUS_DUPLICATE, duplicate_of=kept,
+                                  reason=f"exact duplicate of {kept}")
+            else:
+                row = _examine(path, stat, sha, max_pixels)
+                if row.status != STATUS_ERROR:
+                    by_sha[sha] = key
+            manifest.put(row)
+            report.added += 1
+        report.clusters = _update_near_duplicates(manifest, near_duplicate_threshold)
+        for r in manifest:
+            if r.status == STATUS_ERROR:
+                report.errors.append((r.path, r.reason or "unknown error"))
+            elif r.status == STATUS_DUPLICATE:
+                report.duplicates.append((r.path, r.duplicate_of or ""))
+        (out / NEAR_DUPLICATES_REPORT).write_text(json.dumps(
+            [{"kept": c[0], "dropped": c[1:]} for c in report.clusters], indent=2))
+    return report

@@ -1,0 +1,260 @@
+"""The generation engine: one loaded model, many requests.
+
+It is a thin layer over diffusers' own Stable Diffusion pipelines: we hand them A1111-weighted
+prompt embeddings (`animegen.prompts.encode`), a scheduler picked by A1111 sampler name, and
+per-image CPU generators, so with no LoRA and no emphasis the pixels are exactly diffusers'.
+Seeds come from CPU generators (as ComfyUI does) so a seed gives the same composition on any device,
+and image k of a batch equals image k generated alone with seed+k.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from animegen import __version__
+from animegen.generate.infotext import format_infotext
+from animegen.generate.request import GenerationRequest, ResolvedRequest, resolve
+from animegen.generate.samplers import make_scheduler, resolve_sampler
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class GeneratedImage:
+    image: Image.Image
+    seed: int
+    infotext: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    array: np.ndarray | None = None  # float32 HxWx3 in [0, 1], before 8-bit quantisation
+
+
+class GenerationInterrupted(RuntimeError):
+    """Raised when an interrupt arrives before any image of the request was finished."""
+
+
+class Generator:
+    """Holds one model (plus optional VAE override) and generates from `GenerationRequest`s."""
+
+    def __init__(self, model: str | os.PathLike, *, vae: str | os.PathLike | None = None,
+                 device: str | None = None, dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
+                 lora_dir: str | os.PathLike | None = None, pipe=None, preset_file: str | os.PathLike | None = None):
+        from animegen.models.loading import load_pipeline, model_hash, model_name
+
+        self.model = str(model)
+        self.pipe = pipe if pipe is not None else load_pipeline(
+            model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        self.model_name = model_name(model)
+        self.model_hash = model_hash(model) if pipe is None else None
+        self.vae_name = Path(vae).stem if vae else None
+        self.lora_dir = Path(lora_dir) if lora_dir else None
+        self.preset_file = preset_file
+        self.is_sdxl = hasattr(self.pipe, "text_encoder_2")
+        self.base_scheduler_config = dict(self.pipe.scheduler.config)
+        self._known_loras: dict[str, Path] = {}
+        self._lora_cache: dict[tuple[str, int], Any] = {}
+        self._img2img = None
+        self.lock = threading.Lock()
+
+    # ---- LoRA resolution -------------------------------------------------------------------------
+    def register_lora(self, path: str | os.PathLike) -> str:
+        """Make a LoRA file resolvable by its name (file stem), e.g. for `<lora:name:w>` tags."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"LoRA file {path} not found")
+        self._known_loras[path.stem] = path
+        return path.stem
+
+    def available_loras(self) -> dict[str, Path]:
+        found = dict(self._known_loras)
+        if self.lora_dir and self.lora_dir.is_dir():
+            for p in sorted(self.lora_dir.rglob("*.safetensors")):
+                found.setdefault(p.stem, p)
+        return found
+
+    def resolve_lora(self, ref: str) -> Path:
+        path = Path(ref).expanduser()
+        if path.is_file():
+            return path
+        known = self.available_loras()
+        if ref in known:
+            return known[ref]
+        where = f"in --lora-dir {self.lora_dir}" if self.lora_dir else "(no --lora-dir given)"
+        names = ", ".join(sorted(known)) or "none"
+        raise FileNotFoundError(f"LoRA {ref!r} is neither a file nor a known name {where}; known LoRAs: {names}")
+
+    def _read_lora(self, path: Path):
+        from animegen.models.lora import read_lora
+
+        key = (str(path.resolve()), path.stat().st_mtime_ns)
+        if key not in self._lora_cache:
+            try:
+                self._lora_cache[key] = read_lora(path)
+            except Exception as e:
+                raise ValueError(f"cannot read LoRA {path}: {e}") from e
+        return self._lora_cache[key]
+
+    def _prepare_loras(self, resolved: ResolvedRequest) -> tuple[str, str, list[tuple[str, Path, float]]]:
+        """Strip `<lora:...>` tags from the prompt, collect every LoRA, and return the recorded prompt too."""
+        from animegen.prompts.parser import extract_lora_tags
+
+        clean_prompt, tags = extract_lora_tags(resolved.prompt)
+        recorded = resolved.prompt
+        loras = [(name, self.resolve_lora(name), weight) for name, weight in tags]
+        for ref, weight in resolved.loras:
+            path = self.resolve_lora(ref)
+            self._known_loras.setdefault(path.stem, path)
+            loras.append((path.stem, path, weight))
+            recorded += f" <lora:{path.stem}:{weight:g}>"
+        return clean_prompt, recorded, loras
+
+    def _apply_loras(self, loras: list[tuple[str, Path, float]]) -> None:
+        from animegen.models.lora import apply_loras, remove_loras
+
+        if not loras:
+            remove_loras(self.pipe)
+            return
+        apply_loras(self.pipe, [(self._read_lora(path), weight) for _, path, weight in loras])
+
+    # ---- generation ------------------------------------------------------------------------------
+    @property
+    def default_size(self) -> int:
+        return 1024 if self.is_sdxl else 512
+
+    def __call__(self, request: GenerationRequest, *, progress: Progress | None = None,
+                 interrupt: threading.Event | None = None) -> list[GeneratedImage]:
+        with self.lock:
+            return self._generate(request, progress, interrupt)
+
+    def _generate(self, request: GenerationRequest, progress: Progress | None,
+                  interrupt: threading.Event | None) -> list[GeneratedImage]:
+        from animegen.prompts.encode import encode_prompts
+
+        resolved = resolve(request, self.default_size, self.preset_file)
+        resolve_sampler(resolved.sampler, resolved.schedule_type)  # fail before any work
+        text_prompt, recorded_prompt, loras = self._prepare_loras(resolved)
+        self._apply_loras(loras)
+        conditioning = encode_prompts(self.pipe, text_prompt, resolved.negative_prompt, clip_skip=resolved.clip_skip)
+        kwargs = conditioning.as_pipeline_kwargs()
+
+        tracker = _StepTracker(self._total_steps(resolved), progress, interrupt)
+        results: list[GeneratedImage] = []
+        seeds = list(resolved.seeds)
+        for start in range(0, len(seeds), resolved.batch_size):
+            if tracker.interrupted:
+                break
+            batch = seeds[start:start + resolved.batch_size]
+            arrays = self._run_batch(resolved, batch, _repeat(kwargs, len(batch)), tracker)
+            for seed, array in zip(batch, arrays):
+                params = self._parameters(resolved, seed, loras)
+                info = format_infotext(recorded_prompt, resolved.negative_prompt, params)
+                image = Image.fromarray((array * 255).round().clip(0, 255).astype("uint8"))
+                results.append(GeneratedImage(image, seed, info, params, array))
+        if not results and tracker.interrupted:
+            raise GenerationInterrupted("generation interrupted before the first image finished")
+        return results
+
+    def _total_steps(self, r: ResolvedRequest) -> int:
+        per_image = int(r.steps * r.strength) if r.init_image is not None else r.steps
+        if r.hires_scale > 1:
+            per_image += int((r.hires_steps or r.steps) * r.hires_denoise)
+        batches = -(-len(r.seeds) // r.batch_size)
+        return max(1, per_image * batches)
+
+    def _scheduler(self, r: ResolvedRequest):
+        return make_scheduler(r.sampler, self.base_scheduler_config, r.schedule_type)
+
+    def _generators(self, seeds: list[int]) -> list[torch.Generator]:
+        return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+    def img2img_pipeline(self):
+        """The image-to-image pipeline sharing this model's modules (built once)."""
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
+
+    def _run_batch(self, r: ResolvedRequest, seeds: list[int], kwargs: dict, tracker: _StepTracker) -> np.ndarray:
+        common = dict(guidance_scale=r.cfg_scale, output_type="np", callback_on_step_end=tracker, **kwargs)
+        if r.init_image is not None:
+            init = r.init_image.convert("RGB").resize((r.width, r.height), Image.LANCZOS)
+            pipe = self.img2img_pipeline()
+            pipe.scheduler = self._scheduler(r)
+            out = pipe(image=[init] * len(seeds), strength=r.strength, num_inference_steps=r.steps,
+                       generator=self._generators(seeds), **common).images
+        else:
+            self.pipe.scheduler = self._scheduler(r)
+            out = self.pipe(width=r.width, height=r.height, num_inference_steps=r.steps,
+                            generator=self._generators(seeds), **common).images
+        if r.hires_scale > 1 and not tracker.interrupted:
+            out = self._hires(r, seeds, out, common)
+        return np.asarray(out, dtype=np.float32)
+
+    def _hires(self, r: ResolvedRequest, seeds: list[int], first: np.ndarray, common: dict) -> np.ndarray:
+        """A1111's hires fix: upscale the first pass (Lanczos), then img2img at `hires_denoise`."""
+        width = int(r.width * r.hires_scale) // 8 * 8
+        height = int(r.height * r.hires_scale) // 8 * 8
+        upscaled = [Image.fromarray((a * 255).round().clip(0, 255).astype("uint8")).resize((width, height),
+                                                                                          Image.LANCZOS)
+                    for a in first]
+        pipe = self.img2img_pipeline()
+        pipe.scheduler = self._scheduler(r)
+        return pipe(image=upscaled, strength=r.hires_denoise, num_inference_steps=r.hires_steps or r.steps,
+                    generator=self._generators(seeds), **common).images
+
+    def _parameters(self, r: ResolvedRequest, seed: int, loras: list[tuple[str, Path, float]]) -> dict[str, Any]:
+        from animegen.models.lora import lora_hash
+
+        params: dict[str, Any] = {
+            "Steps": r.steps,
+            "Sampler": r.sampler,
+            "Schedule type": r.schedule_type,
+            "CFG scale": f"{r.cfg_scale:g}",
+            "Seed": seed,
+            "Size": f"{r.width}x{r.height}",
+            "Model hash": self.model_hash,
+            "Model": self.model_name,
+            "VAE": self.vae_name,
+            "Denoising strength": r.strength if r.init_image is not None else (
+                r.hires_denoise if r.hires_scale > 1 else None),
+            "Clip skip": r.clip_skip if r.clip_skip > 1 else None,
+            "Hires upscale": f"{r.hires_scale:g}" if r.hires_scale > 1 else None,
+            "Hires steps": r.hires_steps if r.hires_scale > 1 and r.hires_steps else None,
+            "Hires upscaler": "Lanczos" if r.hires_scale > 1 else None,
+        }
+        if loras:
+            params["Lora hashes"] = ", ".join(f"{name}: {lora_hash(path)}" for name, path, _ in loras)
+        params["Version"] = f"animegen {__version__}"
+        return params
+
+
+class _StepTracker:
+    """diffusers `callback_on_step_end`: reports progress and stops the pipeline on interrupt."""
+
+    def __init__(self, total: int, progress: Progress | None, interrupt: threading.Event | None):
+        self.total, self.done, self.progress, self.interrupt = total, 0, progress, interrupt
+        self.interrupted = False
+
+    def __call__(self, pipe, step, timestep, callback_kwargs):
+        self.done = min(self.done + 1, self.total)
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        if self.interrupt is not None and self.interrupt.is_set():
+            self.interrupted = True
+            pipe._interrupt = True
+        return callback_kwargs
+
+
+def _repeat(kwargs: dict, n: int) -> dict:
+    """Reuse one prompt encoding for a whole batch instead of encoding it n times."""
+    return {k: (v.repeat(n, *([1] * (v.dim() - 1))) if torch.is_tensor(v) else v) for k, v in kwargs.items()}

@@ -1,0 +1,130 @@
+"""A1111 "infotext": the generation parameters stored in a PNG's `parameters` text chunk.
+
+The format is A1111's, so its PNG Info tab and Civitai read our images and we read theirs:
+
+    <prompt, possibly several lines>
+    Negative prompt: <negative, possibly several lines>
+    Steps: 28, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x768, Model hash: 1a2b3c4d5e, ...
+
+Values that contain `,`, `:` or a newline are JSON-quoted, exactly as A1111's `quote()` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+# A1111's own pattern for one `Key: value` pair on the parameters line.
+_PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE_RE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def quote(value: Any) -> str:
+    """Quote a value the way A1111 does: only when it would break the `Key: value, ...` line."""
+    text = str(value)
+    if "," not in text and "\n" not in text and ":" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text: str) -> str:
+    """Inverse of `quote`: JSON-decode a quoted value, leave anything else as it is."""
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def format_infotext(prompt: str, negative_prompt: str, params: dict[str, Any]) -> str:
+    """Build infotext; `params` is ordered (A1111 order: Steps, Sampler, CFG scale, Seed, Size, ...).
+
+    Entries whose value is None are left out, as A1111 leaves out unset fields.
+    """
+    line = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
+    parts = [prompt]
+    if negative_prompt:
+        parts.append(f"Negative prompt: {negative_prompt}")
+    parts.append(line)
+    return "\n".join(parts)
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """Parse infotext into a dict: `Prompt`, `Negative prompt`, every parameter, and `Size-1`/`Size-2`.
+
+    Mirrors A1111's `parse_generation_parameters`: the last line holds the parameters when it has at
+    least three `Key: value` pairs; lines before `Negative prompt:` are the prompt.
+    """
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM_RE.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative = True
+            line = line[len("Negative prompt:"):].lstrip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    result: dict[str, Any] = {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines)}
+    for key, value in _PARAM_RE.findall(last):
+        value = unquote(value.strip())
+        size = _SIZE_RE.match(value)
+        if size:
+            result[f"{key}-1"], result[f"{key}-2"] = int(size.group(1)), int(size.group(2))
+        result[key] = value
+    return result
+
+
+def parse_lora_hashes(value: str) -> dict[str, str]:
+    """`Lora hashes: "name: 0123abcd, other: 4567ef01"` → {name: hash}."""
+    hashes: dict[str, str] = {}
+    for item in value.split(","):
+        if ":" in item:
+            name, h = item.rsplit(":", 1)
+            hashes[name.strip()] = h.strip()
+    return hashes
+
+
+def png_with_infotext(image: Image.Image, infotext: str) -> PngImagePlugin.PngInfo:
+    """The PNG metadata block A1111 writes: a `parameters` tEXt (iTXt when not Latin-1) chunk."""
+    info = PngImagePlugin.PngInfo()
+    try:
+        infotext.encode("latin-1")
+        info.add_text("parameters", infotext)
+    except UnicodeEncodeError:
+        info.add_itxt("parameters", infotext)
+    return info
+
+
+def save_png(generated, path: str | os.PathLike) -> Path:
+    """Write a `GeneratedImage` (or any object with `.image` and `.infotext`) as PNG, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            generated.image.save(f, format="PNG", pnginfo=png_with_infotext(generated.image, generated.infotext))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_png_infotext(path: str | os.PathLike) -> str | None:
+    """The `parameters` text of a PNG written by A1111, animegen or anything compatible; None if absent."""
+    with Image.open(path) as img:
+        img.load()
+        text = img.info.get("parameters")
+        if text is None and hasattr(img, "text"):
+            text = img.text.get("parameters")
+    return text

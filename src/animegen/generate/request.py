@@ -1,0 +1,155 @@
+"""What a user asks for: one typed request shared by the CLI, the Python API, the REST API and the UI.
+
+Fields left as None are filled from the chosen preset (sampler, steps, CFG, size), then from the
+model family's defaults; `resolve` does that in one place so every front end behaves the same.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from PIL import Image
+
+from animegen.generate.infotext import parse_infotext
+
+DEFAULT_SAMPLER = "Euler a"
+DEFAULT_STEPS = 28
+DEFAULT_CFG = 7.0
+MAX_SEED = 2**32 - 1
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    preset: str = "none"
+    sampler: str | None = None
+    schedule_type: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int = -1
+    width: int | None = None
+    height: int | None = None
+    clip_skip: int = 1
+    loras: list[tuple[str, float]] = field(default_factory=list)
+    n: int = 1
+    batch_size: int = 1
+    init_image: Image.Image | None = None
+    strength: float = 0.75
+    hires_scale: float = 1.0
+    hires_steps: int = 0
+    hires_denoise: float = 0.5
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field and a value that would work."""
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (value < 64 or value % 8):
+                lower, upper = max(64, value // 8 * 8), max(64, (value + 7) // 8 * 8)
+                raise ValueError(f"{name} {value} must be a multiple of 8 and at least 64 (try {lower} or {upper})")
+        checks = [
+            (self.steps is None or self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
+            (self.cfg_scale is None or self.cfg_scale >= 0, f"cfg_scale must be ≥ 0, got {self.cfg_scale}"),
+            (-1 <= self.seed <= MAX_SEED, f"seed must be -1 (random) or 0..{MAX_SEED}, got {self.seed}"),
+            (self.clip_skip >= 1, f"clip_skip must be ≥ 1 (1 = no skip, A1111's meaning), got {self.clip_skip}"),
+            (self.n >= 1, f"n (number of images) must be ≥ 1, got {self.n}"),
+            (self.batch_size >= 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
+            (0 < self.strength <= 1, f"strength must be in (0, 1], got {self.strength}"),
+            (self.hires_scale >= 1, f"hires_scale must be ≥ 1 (1 = no hires fix), got {self.hires_scale}"),
+            (self.hires_steps >= 0, f"hires_steps must be ≥ 0 (0 = same as steps), got {self.hires_steps}"),
+            (0 < self.hires_denoise <= 1, f"hires_denoise must be in (0, 1], got {self.hires_denoise}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        for name, weight in self.loras:
+            if not isinstance(weight, (int, float)):
+                raise ValueError(f"LoRA {name!r} weight must be a number, got {weight!r}")
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A request with every default filled in; what the engine runs and the infotext records."""
+
+    prompt: str  # final prompt text as recorded (preset applied, LoRA tags kept)
+    negative_prompt: str
+    sampler: str
+    schedule_type: str | None
+    steps: int
+    cfg_scale: float
+    seeds: tuple[int, ...]
+    width: int
+    height: int
+    clip_skip: int
+    loras: tuple[tuple[str, float], ...]
+    batch_size: int
+    init_image: Image.Image | None
+    strength: float
+    hires_scale: float
+    hires_steps: int
+    hires_denoise: float
+
+
+def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> ResolvedRequest:
+    """Fill a request's gaps from its preset and the model family's default size."""
+    from animegen.prompts.presets import build_prompt, get_preset
+
+    request.validate()
+    preset = get_preset(request.preset, preset_file) if request.preset not in ("", None) else None
+    prompt = build_prompt(preset, request.prompt) if preset is not None else request.prompt
+    negative = request.negative_prompt or (preset.negative if preset is not None else "")
+    use_preset = preset is not None and preset.name != "none"
+    base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED - request.n)
+    width = request.width or (preset.width if use_preset and preset.width else default_size)
+    height = request.height or (preset.height if use_preset and preset.height else default_size)
+    return ResolvedRequest(
+        prompt=prompt,
+        negative_prompt=negative,
+        sampler=request.sampler or (preset.sampler if use_preset and preset.sampler else DEFAULT_SAMPLER),
+        schedule_type=request.schedule_type,
+        steps=request.steps or (preset.steps if use_preset and preset.steps else DEFAULT_STEPS),
+        cfg_scale=request.cfg_scale if request.cfg_scale is not None
+        else (preset.cfg_scale if use_preset and preset.cfg_scale else DEFAULT_CFG),
+        seeds=tuple(range(base_seed, base_seed + request.n)),
+        width=width,
+        height=height,
+        clip_skip=request.clip_skip,
+        loras=tuple((str(p), float(w)) for p, w in request.loras),
+        batch_size=request.batch_size,
+        init_image=request.init_image,
+        strength=request.strength,
+        hires_scale=request.hires_scale,
+        hires_steps=request.hires_steps,
+        hires_denoise=request.hires_denoise,
+    )
+
+
+def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:
+    """Rebuild the request that produced an image from its infotext (A1111's or ours).
+
+    The recorded prompt already has the preset applied, so the preset is `none`. LoRAs travel
+    as `<lora:name:weight>` tags inside the prompt, as in A1111.
+    """
+    params = parse_infotext(text)
+    missing = [k for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size-1") if k not in params]
+    if missing:
+        raise ValueError(f"infotext lacks {', '.join(missing)}; is this an A1111/animegen PNG?")
+    request = GenerationRequest(
+        prompt=params["Prompt"],
+        negative_prompt=params["Negative prompt"],
+        preset="none",
+        sampler=params["Sampler"],
+        schedule_type=params.get("Schedule type"),
+        steps=int(params["Steps"]),
+        cfg_scale=float(params["CFG scale"]),
+        seed=int(params["Seed"]),
+        width=int(params["Size-1"]),
+        height=int(params["Size-2"]),
+        clip_skip=int(params.get("Clip skip", 1)),
+        hires_scale=float(params.get("Hires upscale", 1.0)),
+        hires_steps=int(params.get("Hires steps", 0)),
+        hires_denoise=float(params["Denoising strength"]) if "Hires upscale" in params else 0.5,
+    )
+    return replace(request, **overrides)

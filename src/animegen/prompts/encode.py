@@ -1,0 +1,287 @@
+"""A1111-style weighted text conditioning for diffusers' CLIP text encoders (SD1.x and SDXL).
+
+Why not `pipe.encode_prompt`: diffusers truncates at 77 tokens and ignores `(emphasis:1.2)`, so prompts
+copied from A1111 / Civitai would give different images. This module reproduces A1111's
+`sd_hijack_clip` conditioning instead, and for a plain prompt of at most 75 tokens it is numerically the
+same as diffusers' own encoding, so nothing changes for prompts diffusers already handles.
+
+Pipeline of one prompt:
+1. `parse_prompt_attention` splits it into (fragment, weight) pairs (`BREAK` markers included).
+2. Fragments are tokenized without BOS/EOS and packed into chunks of 75 tokens. When a chunk fills up
+   and the last comma lies within the last `comma_backtrack` (20) tokens, the text after that comma
+   moves to the next chunk; `BREAK` closes the current chunk.
+3. Every chunk becomes BOS + 75 tokens + EOS padded with the tokenizer's own pad id (SDXL's second
+   tokenizer pads with `!`, id 0) and goes through the encoder on its own.
+4. Hidden states are multiplied by the token weights and (emphasis "Original") rescaled so the chunk's
+   mean is unchanged; chunks are concatenated along the sequence axis (77 per chunk).
+
+Clip skip uses A1111's numbering (1 = no skip): SD1 takes `hidden_states[-clip_skip]` then the final
+layer norm; SDXL takes `hidden_states[-(clip_skip + 1)]` of both encoders without the layer norm.
+SDXL's pooled embedding is text_encoder_2's projected pooled output of the first chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from animegen.prompts.parser import BREAK_MARKER, parse_prompt_attention
+
+CHUNK_LENGTH = 75
+COMMA_BACKTRACK = 20
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+"""Original: weights + mean restore; No norm: weights only; Ignore: parse but weight 1; None: no parsing."""
+
+
+@dataclass
+class PromptChunk:
+    """Up to 75 content token ids of one prompt (no BOS/EOS) and their emphasis weights."""
+
+    tokens: list[int]
+    weights: list[float]
+
+
+@dataclass
+class TextConditioning:
+    """Encoder output for a batch of prompts: (B, 77 * chunks, C) hidden states, SDXL pooled (B, P)."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+@dataclass
+class ConditioningPair:
+    """Positive and negative conditioning with equal sequence length, ready for a diffusers pipeline."""
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+
+    def as_pipeline_kwargs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments for `pipe(...)` in place of `prompt=` / `negative_prompt=`."""
+        kwargs = {"prompt_embeds": self.prompt_embeds, "negative_prompt_embeds": self.negative_prompt_embeds}
+        if self.pooled_prompt_embeds is not None:
+            kwargs["pooled_prompt_embeds"] = self.pooled_prompt_embeds
+            kwargs["negative_pooled_prompt_embeds"] = self.negative_pooled_prompt_embeds
+        return kwargs
+
+    def repeat_interleave(self, n: int) -> ConditioningPair:
+        """Each prompt repeated `n` times along the batch axis (diffusers' num_images_per_prompt)."""
+        def rep(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.repeat_interleave(n, dim=0)
+
+        return ConditioningPair(rep(self.prompt_embeds), rep(self.negative_prompt_embeds),
+                                rep(self.pooled_prompt_embeds), rep(self.negative_pooled_prompt_embeds))
+
+
+def _check_emphasis(emphasis: str) -> None:
+    if emphasis not in EMPHASIS_MODES:
+        raise ValueError(f"unknown emphasis {emphasis!r}: choose one of {', '.join(EMPHASIS_MODES)}")
+
+
+def parse_for_emphasis(text: str, emphasis: str = "Original") -> list[tuple[str, float]]:
+    """(fragment, weight) pairs for `text` under an emphasis mode."""
+    _check_emphasis(emphasis)
+    if emphasis == "None":
+        return [(text, 1.0)]
+    parsed = parse_prompt_attention(text)
+    if emphasis == "Ignore":
+        return [(t, w) if (t, w) == BREAK_MARKER else (t, 1.0) for t, w in parsed]
+    return parsed
+
+
+def tokenize_prompt(tokenizer, text: str, emphasis: str = "Original",
+                    comma_backtrack: int = COMMA_BACKTRACK) -> list[PromptChunk]:
+    """Split a prompt into 75-token chunks with A1111's comma back-tracking and `BREAK` handling."""
+    parsed = parse_for_emphasis(text, emphasis)
+    ids_per_fragment = tokenizer([t for t, _ in parsed], add_special_tokens=False,
+                                 truncation=False)["input_ids"]
+    comma = tokenizer.get_vocab().get(",</w>")
+
+    chunks: list[PromptChunk] = []
+    tokens: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close_chunk() -> None:
+        nonlocal tokens, weights, last_comma
+        chunks.append(PromptChunk(tokens, weights))
+        tokens, weights, last_comma = [], [], -1
+
+    for (fragment, weight), ids in zip(parsed, ids_per_fragment):
+        if (fragment, weight) == BREAK_MARKER:
+            close_chunk()
+            continue
+        for token in ids:
+            if token == comma:
+                last_comma = len(tokens)
+            elif (comma_backtrack > 0 and len(tokens) == CHUNK_LENGTH and last_comma != -1
+                  and len(tokens) - last_comma <= comma_backtrack):
+                # The chunk is full mid-phrase: move the words after the last comma to the next chunk.
+                cut = last_comma + 1
+                moved_tokens, moved_weights = tokens[cut:], weights[cut:]
+                tokens, weights = tokens[:cut], weights[:cut]
+                close_chunk()
+                tokens, weights = moved_tokens, moved_weights
+            if len(tokens) == CHUNK_LENGTH:
+                close_chunk()
+            tokens.append(token)
+            weights.append(weight)
+    if tokens or not chunks:
+        close_chunk()
+    return chunks
+
+
+def count_tokens(tokenizer, text: str, emphasis: str = "Original") -> tuple[int, int]:
+    """(tokens used, token capacity of the chunks) like A1111's `30/75` counter."""
+    chunks = tokenize_prompt(tokenizer, text, emphasis)
+    used = sum(len(c.tokens) for c in chunks[:-1]) + len(chunks[-1].tokens)
+    return used, CHUNK_LENGTH * len(chunks)
+
+
+def _chunk_ids(tokenizer, chunk: PromptChunk) -> tuple[list[int], list[float]]:
+    """BOS + tokens + EOS, padded to 77 with the tokenizer's pad id; weights 1.0 outside the text."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = [tokenizer.bos_token_id, *chunk.tokens, tokenizer.eos_token_id]
+    ids += [pad] * (CHUNK_LENGTH + 2 - len(ids))
+    weights = [1.0, *chunk.weights] + [1.0] * (CHUNK_LENGTH + 1 - len(chunk.weights))
+    return ids, weights
+
+
+def apply_emphasis(z: torch.Tensor, weights: torch.Tensor, emphasis: str = "Original") -> torch.Tensor:
+    """Scale hidden states (N, T, C) by per-token weights (N, T); "Original" restores each row's mean.
+
+    A1111 restores the mean of the whole chunk batch; we restore it per prompt chunk, which is the same
+    for the usual one-prompt batch and keeps a prompt's conditioning independent of its batch mates.
+    """
+    _check_emphasis(emphasis)
+    if emphasis in ("Ignore", "None") or bool((weights == 1.0).all()):
+        return z
+    z32 = z.float()
+    scaled = z32 * weights.to(z32)[..., None]
+    if emphasis == "Original":
+        scaled = scaled * (z32.mean(dim=(1, 2), keepdim=True) / scaled.mean(dim=(1, 2), keepdim=True))
+    return scaled.to(z.dtype)
+
+
+def _hidden_states(text_encoder, ids: torch.Tensor, clip_skip: int, sdxl: bool):
+    """The conditioning hidden states for A1111's `clip_skip`, plus the projected pooled output if any."""
+    num_layers = text_encoder.config.num_hidden_layers
+    max_skip = num_layers - 1 if sdxl else num_layers
+    if not 1 <= clip_skip <= max_skip:
+        raise ValueError(f"clip_skip must be between 1 and {max_skip} for this text encoder "
+                         f"({num_layers} layers), got {clip_skip}")
+    out = text_encoder(ids, output_hidden_states=True)
+    if sdxl:
+        z = out.hidden_states[-(clip_skip + 1)]
+    else:
+        z = text_encoder.text_model.final_layer_norm(out.hidden_states[-clip_skip])
+    pooled = getattr(out, "text_embeds", None)
+    return z, pooled
+
+
+def encode_text(tokenizers, text_encoders, prompts: str | Sequence[str], clip_skip: int = 1,
+                emphasis: str = "Original", *, arch: str | None = None, min_chunks: int = 1,
+                max_chunks: int | None = None, comma_backtrack: int = COMMA_BACKTRACK) -> TextConditioning:
+    """Encode prompts with bare tokenizer(s) and text encoder(s); no pipeline needed (used by training).
+
+    `tokenizers` / `text_encoders`: one of each (SD1) or two (SDXL: CLIP-L then OpenCLIP-bigG with
+    projection). `arch` ("sd1" or "sdxl") defaults to "sdxl" when two encoders are given. All prompts are
+    padded with empty chunks to the longest one (at least `min_chunks`); `max_chunks` truncates longer
+    prompts (kohya's max_token_length = 75 * max_chunks). Gradients flow: wrap in `torch.no_grad()`
+    yourself when not training the text encoder.
+    """
+    if not isinstance(tokenizers, (list, tuple)):
+        tokenizers = [tokenizers]
+    if not isinstance(text_encoders, (list, tuple)):
+        text_encoders = [text_encoders]
+    if len(tokenizers) != len(text_encoders) or not tokenizers:
+        raise ValueError(f"give one tokenizer per text encoder (got {len(tokenizers)} tokenizers, "
+                         f"{len(text_encoders)} text encoders)")
+    arch = arch or ("sdxl" if len(text_encoders) == 2 else "sd1")
+    if arch not in ("sd1", "sdxl"):
+        raise ValueError(f"unknown arch {arch!r}: choose 'sd1' or 'sdxl'")
+    _check_emphasis(emphasis)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("no prompts to encode")
+    if max_chunks is not None and max_chunks < 1:
+        raise ValueError(f"max_chunks must be >= 1, got {max_chunks}")
+
+    per_encoder_chunks = []
+    for tokenizer in tokenizers:
+        cache: dict[str, list[PromptChunk]] = {}
+        batch = []
+        for text in prompts:
+            if text not in cache:
+                cache[text] = tokenize_prompt(tokenizer, text, emphasis, comma_backtrack)[:max_chunks]
+            batch.append(cache[text])
+        per_encoder_chunks.append(batch)
+    n_chunks = max(min_chunks, *(len(c) for batch in per_encoder_chunks for c in batch))
+    if max_chunks is not None:
+        n_chunks = min(n_chunks, max_chunks)
+
+    hidden, pooled = [], None
+    for tokenizer, encoder, batch in zip(tokenizers, text_encoders, per_encoder_chunks):
+        ids, weights = [], []
+        for chunks in batch:
+            padded = chunks + [PromptChunk([], [])] * (n_chunks - len(chunks))
+            for chunk in padded:
+                chunk_ids, chunk_weights = _chunk_ids(tokenizer, chunk)
+                ids.append(chunk_ids)
+                weights.append(chunk_weights)
+        device = encoder.device
+        z, chunk_pooled = _hidden_states(encoder, torch.tensor(ids, device=device), clip_skip,
+                                         sdxl=arch == "sdxl")
+        z = apply_emphasis(z, torch.tensor(weights, device=device), emphasis)
+        hidden.append(z.reshape(len(prompts), n_chunks * z.shape[1], z.shape[2]))
+        if chunk_pooled is not None:
+            pooled = chunk_pooled.reshape(len(prompts), n_chunks, -1)[:, 0]  # first chunk, as A1111
+    if arch == "sdxl" and pooled is None:
+        raise ValueError("SDXL conditioning needs a text encoder with projection "
+                         "(CLIPTextModelWithProjection) as the last text encoder")
+    return TextConditioning(torch.cat(hidden, dim=-1), pooled if arch == "sdxl" else None)
+
+
+def _as_batch(prompt: str | Sequence[str], negative: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    negatives = [negative] * len(prompts) if isinstance(negative, str) else list(negative)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(negatives)} negative prompts: give one "
+                         "negative prompt per prompt, or a single string for all")
+    return prompts, negatives
+
+
+def pipeline_text_modules(pipe) -> tuple[list, list, str]:
+    """(tokenizers, text encoders, arch) of a diffusers SD1 / SDXL pipeline (SDXL refiner: encoder 2 only)."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
+        pairs = [(tok, enc) for tok, enc in pairs if tok is not None and enc is not None]
+        return [p[0] for p in pairs], [p[1] for p in pairs], "sdxl"
+    if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
+        raise ValueError("this pipeline has no text encoder / tokenizer to encode prompts with")
+    return [pipe.tokenizer], [pipe.text_encoder], "sd1"
+
+
+def encode_prompts(pipe, prompt: str | list[str], negative: str | list[str], clip_skip: int = 1,
+                   emphasis: str = "Original") -> ConditioningPair:
+    """A1111-style conditioning for a diffusers SD1 / SDXL pipeline; pass `.as_pipeline_kwargs()` to it.
+
+    Positive and negative prompts are padded to the same number of 77-token chunks with empty chunks.
+    """
+    prompts, negatives = _as_batch(prompt, negative)
+    tokenizers, encoders, arch = pipeline_text_modules(pipe)
+    with torch.no_grad():
+        both = encode_text(tokenizers, encoders, prompts + negatives, clip_skip, emphasis, arch=arch)
+    n = len(prompts)
+    pooled = both.pooled
+    return ConditioningPair(
+        prompt_embeds=both.embeds[:n],
+        negative_prompt_embeds=both.embeds[n:],
+        pooled_prompt_embeds=None if pooled is None else pooled[:n],
+        negative_pooled_prompt_embeds=None if pooled is None else pooled[n:],
+    )

@@ -1,0 +1,205 @@
+"""The `/sdapi/v1/*` routes, shaped like AUTOMATIC1111's API so its clients work unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
+
+from animegen import __version__
+from animegen.generate import SAMPLERS, parse_infotext
+from animegen.serve import schemas
+from animegen.serve.codec import BadImageError, decode_image, encode_png, to_rgb
+from animegen.serve.jobs import QueueFullError, ServerClosedError
+from animegen.serve.service import GenerationResult, RequestError, ServeService
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """Map server-side refusals to HTTP: 422 field errors in FastAPI's shape, 429 full queue, 503 closed."""
+    if isinstance(exc, RequestError):
+        if exc.status == 422:
+            detail: Any = [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]
+        else:
+            detail = exc.message
+        return JSONResponse({"detail": detail}, status_code=exc.status)
+    if isinstance(exc, BadImageError):
+        return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": exc.reason, "type": "value_error"}]},
+                            status_code=422)
+    if isinstance(exc, QueueFullError):
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": "5"})
+    if isinstance(exc, ServerClosedError):
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+    raise exc
+
+
+def _info_json(req: schemas.Txt2ImgRequest, result: GenerationResult, denoising: float | None,
+               clip_skip: int) -> str:
+    """A1111's `Processed.js()`: what clients read seeds, prompts and infotexts from."""
+    images = result.images
+    seeds = [im.seed for im in images]
+    first = images[0].parameters if images else {}
+    info = {
+        "prompt": req.prompt,
+        "all_prompts": [req.prompt] * len(images),
+        "negative_prompt": req.negative_prompt,
+        "all_negative_prompts": [req.negative_prompt] * len(images),
+        "seed": seeds[0] if seeds else req.seed,
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": [-1] * len(images),
+        "subseed_strength": 0,
+        "width": req.width,
+        "height": req.height,
+        "sampler_name": first.get("Sampler", req.sampler_name or req.sampler_index),
+        "cfg_scale": req.cfg_scale,
+        "steps": req.steps,
+        "batch_size": req.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model_name,
+        "sd_model_hash": result.model_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": denoising,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": [im.infotext for im in images],
+        "styles": req.styles or [],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "interrupted": result.interrupted,
+        "version": f"animegen {__version__}",
+    }
+    return json.dumps(info)
+
+
+def build_router(service: ServeService) -> APIRouter:
+    """All A1111-compatible routes bound to one `ServeService`."""
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+
+    async def run_generation(req: schemas.Txt2ImgRequest, *, init_image=None, label: str):
+        override = req.override_settings or {}
+        model = None
+        if override.get("sd_model_checkpoint"):
+            model = service.find_checkpoint(override["sd_model_checkpoint"], "override_settings")
+        clip_skip = override.get("CLIP_stop_at_last_layers")
+        is_img2img = init_image is not None
+        hires = req.enable_hr and not is_img2img
+        request = service.build_request(
+            prompt=req.prompt, negative_prompt=req.negative_prompt, preset=req.preset,
+            sampler=req.sampler_name or req.sampler_index, schedule_type=req.scheduler, steps=req.steps,
+            cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height, clip_skip=clip_skip,
+            n_iter=req.n_iter, batch_size=req.batch_size, init_image=init_image,
+            strength=req.denoising_strength if is_img2img else 0.75,
+            hires_scale=req.hr_scale if hires else 1.0, hires_steps=req.hr_second_pass_steps if hires else 0,
+            hires_denoise=(req.denoising_strength or 0.7) if hires else 0.5,
+        )
+        future = service.submit(request, model=model, keep_model=not req.override_settings_restore_afterwards,
+                                label=label)
+        result: GenerationResult = await asyncio.wrap_future(future)
+        images = [encode_png(im.image, im.infotext) for im in result.images] if req.send_images else []
+        denoising = req.denoising_strength if (is_img2img or hires) else None
+        info = _info_json(req, result, denoising, request.clip_skip)
+        return images, info
+
+    @router.post("/txt2img", response_model=schemas.GenerationResponse)
+    async def txt2img(req: schemas.Txt2ImgRequest):
+        """Text to image. Blocks until the job has run; 429 when the queue is full."""
+        try:
+            images, info = await run_generation(req, label="txt2img")
+        except Exception as exc:  # noqa: BLE001 - known refusals become HTTP errors, others re-raise
+            return error_response(exc)
+        return {"images": images, "parameters": req.model_dump(), "info": info}
+
+    @router.post("/img2img", response_model=schemas.GenerationResponse)
+    async def img2img(req: schemas.Img2ImgRequest):
+        """Image to image from `init_images[0]` (resized to width x height, as A1111's resize mode 0)."""
+        try:
+            image = decode_image(req.init_images[0], field="init_images",
+                                 max_pixels=service.limits.max_input_pixels)
+            image = to_rgb(image)
+            if image.size != (req.width, req.height):
+                image = image.resize((req.width, req.height))
+            images, info = await run_generation(req, init_image=image, label="img2img")
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)
+        parameters = req.model_dump()
+        if not req.include_init_images:
+            parameters["init_images"] = None
+        return {"images": images, "parameters": parameters, "info": info}
+
+    @router.get("/sd-models", response_model=list[schemas.SdModelItem])
+    def sd_models():
+        """Checkpoints the server may switch to (inside --model-dir, plus the start model)."""
+        return [{"title": e.title, "model_name": e.model_name, "hash": e.hash, "sha256": None,
+                 "filename": e.name, "config": None} for e in service.catalog.checkpoints()]
+
+    @router.get("/samplers", response_model=list[schemas.SamplerItem])
+    def samplers():
+        return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)}
+                for s in SAMPLERS.values()]
+
+    @router.get("/loras", response_model=list[schemas.LoraItem])
+    def loras():
+        """LoRAs usable as `<lora:name:weight>` (inside --lora-dir); paths relative to it."""
+        root = service.catalog.lora_dir
+        items = []
+        for entry in service.catalog.loras():
+            rel = entry.path.relative_to(root.resolve()).as_posix() if root else entry.path.name
+            items.append({"name": entry.name, "alias": entry.name, "path": rel, "metadata": {}})
+        return items
+
+    @router.get("/options")
+    def get_options() -> dict[str, Any]:
+        return service.options()
+
+    @router.post("/options")
+    async def set_options(values: dict[str, Any] = Body(...)):
+        """Set options; `sd_model_checkpoint` switches the model after the jobs already queued."""
+        try:
+            future = service.set_options(values)
+            if future is not None:
+                await asyncio.wrap_future(future)
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)
+        return None
+
+    @router.get("/progress", response_model=schemas.ProgressResponse)
+    def progress(skip_current_image: bool = False):
+        snap = service.queue.snapshot()
+        state = schemas.ProgressState(
+            interrupted=snap.interrupted, job=snap.job, job_count=snap.job_count,
+            job_timestamp=snap.job_timestamp, job_no=snap.job_no, sampling_step=snap.sampling_step,
+            sampling_steps=snap.sampling_steps, queued=snap.queued,
+        )
+        return {"progress": snap.progress, "eta_relative": snap.eta_relative, "state": state,
+                "current_image": None, "textinfo": None}
+
+    @router.post("/interrupt")
+    def interrupt():
+        """Stop the running job at its next step; it returns the images finished so far."""
+        service.queue.interrupt()
+        return {}
+
+    @router.post("/png-info", response_model=schemas.PngInfoResponse)
+    def png_info(req: schemas.PngInfoRequest):
+        """Read the generation parameters stored in a PNG (A1111's or animegen's)."""
+        try:
+            image = decode_image(req.image, field="image", max_pixels=service.limits.max_input_pixels)
+        except BadImageError as exc:
+            return error_response(exc)
+        items = {k: v for k, v in image.info.items() if isinstance(v, (str, int, float))}
+        geninfo = items.pop("parameters", None)
+        if not isinstance(geninfo, str):
+            return {"info": "", "items": items, "parameters": {}}
+        return {"info": geninfo, "items": items, "parameters": parse_infotext(geninfo)}
+
+    return router
+

@@ -1,0 +1,176 @@
+"""What the server may load: checkpoints and LoRAs found inside the configured folders, nothing else.
+
+Requests name a model or LoRA; a name is only ever looked up in these listings, and every path is
+re-checked against its root after resolving symlinks, so `..`, absolute paths and symlinks that
+point outside the folder are refused. Pickle-based files (.ckpt/.pt/.bin) are never listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+SAFE_WEIGHT_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+class UnsafeNameError(ValueError):
+    """A requested name tries to leave its folder (absolute path, `..`, symlink escape)."""
+
+
+class NotFoundError(LookupError):
+    """A requested model or LoRA is not in the configured folders."""
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One loadable checkpoint, with A1111's naming (`title` = "name [hash]")."""
+
+    name: str  # path relative to its root, posix separators ("sub/model.safetensors")
+    path: Path
+    hash: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        stem = self.name[: -len(".safetensors")] if self.name.endswith(".safetensors") else self.name
+        return stem.replace("/", "_")
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.hash}]" if self.hash else self.name
+
+    def aliases(self) -> set[str]:
+        names = {self.name, self.title, self.model_name}
+        if self.hash:
+            names.add(self.hash)
+        return names
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    """One LoRA file: `name` is its stem, as written in `<lora:name:weight>`."""
+
+    name: str
+    path: Path
+
+
+def check_relative_name(name: str) -> PurePosixPath:
+    """Refuse names that are absolute or climb out of a folder; return the normalized relative path."""
+    if not name or "\x00" in name:
+        raise UnsafeNameError("empty or NUL-containing name")
+    text = name.replace("\\", "/")
+    rel = PurePosixPath(text)
+    if rel.is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise UnsafeNameError(f"{name!r} is an absolute path; give a name listed by the server")
+    if any(part == ".." for part in rel.parts):
+        raise UnsafeNameError(f"{name!r} contains '..'; give a name listed by the server")
+    return rel
+
+
+def resolve_inside(root: Path, name: str) -> Path:
+    """`root/name` with symlinks resolved, or UnsafeNameError when it lands outside `root`."""
+    rel = check_relative_name(name)
+    real_root = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(real_root / rel))
+    if not target.is_relative_to(real_root):
+        raise UnsafeNameError(f"{name!r} resolves outside {root}")
+    return target
+
+
+def short_hash(path: Path) -> str:
+    """A1111's checkpoint short hash: the first 10 hex digits of the file's sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
+
+
+def _walk_inside(root: Path):
+    """Yield (relative posix name, real path) for files/dirs under `root` that really live inside it."""
+    real_root = Path(os.path.realpath(root))
+    for dirpath, dirnames, filenames in os.walk(real_root, followlinks=False):
+        for entry in sorted(dirnames) + sorted(filenames):
+            full = Path(dirpath) / entry
+            real = Path(os.path.realpath(full))
+            if not real.is_relative_to(real_root):
+                continue  # a symlink escaping the folder is not offered
+            yield full.relative_to(real_root).as_posix(), real
+        dirnames.sort()
+
+
+class Catalog:
+    """Lists and resolves checkpoints (`model_dir` + the start model) and LoRAs (`lora_dir`)."""
+
+    def __init__(self, model: str, model_dir: Path | None, lora_dir: Path | None):
+        self.model_dir = Path(model_dir) if model_dir else None
+        self.lora_dir = Path(lora_dir) if lora_dir else None
+        self.start_entry = self._start_entry(model)
+        self._hashes: dict[Path, str] = {}
+
+    def _start_entry(self, model: str) -> CheckpointEntry:
+        path = Path(model)
+        if self.model_dir is not None and path.exists():
+            real = Path(os.path.realpath(path))
+            real_root = Path(os.path.realpath(self.model_dir))
+            if real.is_relative_to(real_root):
+                return CheckpointEntry(real.relative_to(real_root).as_posix(), real)
+        return CheckpointEntry(path.name if path.exists() else model, path)
+
+    def remember_hash(self, path: Path, value: str | None) -> None:
+        """Record a hash computed while loading, so listings can show A1111 titles without re-reading."""
+        if value:
+            self._hashes[Path(os.path.realpath(path))] = value
+
+    def checkpoints(self) -> list[CheckpointEntry]:
+        """The start model first, then every .safetensors file and diffusers folder inside model_dir."""
+        found: list[CheckpointEntry] = []
+        seen: set[Path] = set()
+        start = self.start_entry
+        start_real = Path(os.path.realpath(start.path)) if start.path.exists() else start.path
+        found.append(CheckpointEntry(start.name, start.path, self._hashes.get(start_real)))
+        seen.add(start_real)
+        if self.model_dir is not None and self.model_dir.is_dir():
+            for name, real in _walk_inside(self.model_dir):
+                if real in seen:
+                    continue
+                is_file = real.is_file() and real.suffix in SAFE_WEIGHT_SUFFIXES
+                is_diffusers = real.is_dir() and (real / "model_index.json").is_file()
+                if is_file or is_diffusers:
+                    seen.add(real)
+                    found.append(CheckpointEntry(name, real, self._hashes.get(real)))
+        return found
+
+    def find_checkpoint(self, name: str) -> CheckpointEntry:
+        """Look `name` up by title, relative name, model_name or hash; never as a free path."""
+        check_relative_name(name)
+        for index, entry in enumerate(self.checkpoints()):
+            if name in entry.aliases():
+                if index > 0:  # re-check at use time: symlinks may have changed since the listing
+                    resolve_inside(self.model_dir, entry.name)
+                return entry
+        raise NotFoundError(f"model {name!r} not found; GET /sdapi/v1/sd-models lists the available ones")
+
+    def loras(self) -> list[LoraEntry]:
+        """Every .safetensors LoRA inside lora_dir, by stem (first one wins on duplicate stems)."""
+        if self.lora_dir is None or not self.lora_dir.is_dir():
+            return []
+        entries: dict[str, LoraEntry] = {}
+        for name, real in _walk_inside(self.lora_dir):
+            if real.is_file() and real.suffix in SAFE_WEIGHT_SUFFIXES:
+                stem = PurePosixPath(name).stem
+                entries.setdefault(stem, LoraEntry(stem, real))
+        return list(entries.values())
+
+    def find_lora(self, name: str) -> LoraEntry:
+        """Resolve a `<lora:name:w>` name to a file inside lora_dir, or raise."""
+        check_relative_name(name)
+        for entry in self.loras():
+            if entry.name == name:
+                resolve_inside(self.lora_dir, os.path.relpath(entry.path, os.path.realpath(self.lora_dir)))
+                return entry
+        if self.lora_dir is None:
+            raise NotFoundError(f"LoRA {name!r} requested but the server has no --lora-dir")
+        raise NotFoundError(f"LoRA {name!r} not found; GET /sdapi/v1/loras lists the available ones")

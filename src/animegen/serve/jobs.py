@@ -1,0 +1,206 @@
+"""A bounded FIFO job queue in front of ONE model worker thread.
+
+One GPU can run one diffusion job at a time, and loading a model while another job samples would
+corrupt it; so every generation and every model switch is a job run in order by a single thread.
+Each job carries a `concurrent.futures.Future` that the worker resolves exactly once (result or
+exception), which is what guarantees that every request is answered exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from animegen.serve.catalog import CheckpointEntry
+
+log = logging.getLogger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """The queue already holds `max_queue` waiting jobs (HTTP 429)."""
+
+
+class ServerClosedError(RuntimeError):
+    """The server is shutting down and no longer runs jobs (HTTP 503)."""
+
+
+class ModelBackend(Protocol):
+    """What the worker drives: the real one wraps `animegen.generate.Generator`."""
+
+    loaded: CheckpointEntry | None
+
+    def load(self, entry: CheckpointEntry) -> None: ...
+
+    def generate(self, request: Any, progress: Callable[[int, int], None],
+                 interrupt: threading.Event) -> list: ...
+
+
+@dataclass
+class Job:
+    """One unit of work; `model` is the checkpoint the job must run on (None: the selected one)."""
+
+    kind: str  # "generate" | "switch"
+    payload: Any = None
+    model: CheckpointEntry | None = None
+    keep_model: bool = False  # an override that also becomes the selected model
+    label: str = "txt2img"
+    id: int = 0
+    future: Future = field(default_factory=Future)
+    interrupt: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.time)
+
+
+@dataclass
+class ProgressSnapshot:
+    """The worker's state in A1111's `/sdapi/v1/progress` terms."""
+
+    job: str = ""
+    job_count: int = 0
+    job_no: int = 0
+    job_timestamp: str = "0"
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    interrupted: bool = False
+    progress: float = 0.0
+    eta_relative: float = 0.0
+    queued: int = 0
+
+
+class JobQueue:
+    """FIFO of at most `max_queue` waiting jobs plus the running one, served by one worker thread."""
+
+    def __init__(self, backend: ModelBackend, selected: CheckpointEntry, max_queue: int):
+        self.backend = backend
+        self.selected = selected
+        self.max_queue = max_queue
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._current: Job | None = None
+        self._step = 0
+        self._steps = 0
+        self._started = 0.0
+        self._done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="animegen-model-worker", daemon=True)
+        self._thread.start()
+
+    # -- submitting -------------------------------------------------------------------------------
+    def submit(self, job: Job) -> Future:
+        """Enqueue `job` (FIFO) and return its future; raises QueueFullError / ServerClosedError."""
+        if self._stop.is_set():
+            raise ServerClosedError("the server is shutting down")
+        with self._lock:
+            job.id = next(self._ids)
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise QueueFullError(
+                    f"the queue is full ({self.max_queue} jobs waiting); retry later"
+                ) from None
+        return job.future
+
+    def generate(self, request: Any, *, model: CheckpointEntry | None = None,
+                 keep_model: bool = False, label: str = "txt2img") -> Future:
+        """Queue a generation; the future resolves to the backend's list of generated images."""
+        return self.submit(Job("generate", request, model=model, keep_model=keep_model, label=label))
+
+    def switch_model(self, entry: CheckpointEntry) -> Future:
+        """Queue a model switch: jobs queued before it still run on the old model."""
+        return self.submit(Job("switch", model=entry, label="load model"))
+
+    # -- control ----------------------------------------------------------------------------------
+    def interrupt(self) -> bool:
+        """Ask the running job to stop at its next step; True if a job was running."""
+        with self._lock:
+            if self._current is None:
+                return False
+            self._current.interrupt.set()
+            return True
+
+    def snapshot(self) -> ProgressSnapshot:
+        """A consistent copy of the progress state (progress in [0, 1], ETA in seconds)."""
+        with self._lock:
+            waiting = self._queue.qsize()
+            job = self._current
+            if job is None:
+                return ProgressSnapshot(job_count=waiting, queued=waiting, job_no=self._done)
+            fraction = self._step / self._steps if self._steps else 0.0
+            elapsed = time.time() - self._started
+            eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+            return ProgressSnapshot(
+                job=job.label, job_count=waiting + 1, job_no=self._done,
+                job_timestamp=time.strftime("%Y%m%d%H%M%S", time.localtime(self._started)),
+                sampling_step=self._step, sampling_steps=self._steps,
+                interrupted=job.interrupt.is_set(), progress=min(max(fraction, 0.0), 1.0),
+                eta_relative=max(eta, 0.0), queued=waiting,
+            )
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the worker after the running job; waiting jobs fail with ServerClosedError."""
+        self._stop.set()
+        with self._lock:
+            if self._current is not None:
+                self._current.interrupt.set()
+        self._thread.join(timeout)
+        self._fail_waiting()
+
+    # -- worker -----------------------------------------------------------------------------------
+    def _fail_waiting(self) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(ServerClosedError("the server shut down before this job ran"))
+
+    def _on_step(self, step: int, total: int) -> None:
+        with self._lock:
+            self._step, self._steps = int(step), int(total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the caller gave up before the job started
+            with self._lock:
+                self._current, self._step, self._steps, self._started = job, 0, 0, time.time()
+            try:
+                result = self._execute(job)
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to its caller
+                if not isinstance(exc, (ValueError, LookupError)):
+                    log.exception("job %s (%s) failed", job.id, job.kind)
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(result)
+            finally:
+                with self._lock:
+                    self._current = None
+                    self._done += 1
+        self._fail_waiting()
+
+    def _execute(self, job: Job) -> Any:
+        if job.kind == "switch":
+            self._ensure(job.model)
+            self.selected = job.model
+            return job.model
+        target = job.model or self.selected
+        self._ensure(target)
+        if job.model is not None and job.keep_model:
+            self.selected = job.model
+        return self.backend.generate(job.payload, self._on_step, job.interrupt)
+
+    def _ensure(self, entry: CheckpointEntry) -> None:
+        loaded = self.backend.loaded
+        if loaded is None or loaded.path != entry.path:
+            self.backend.load(entry)

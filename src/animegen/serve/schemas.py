@@ -1,0 +1,116 @@
+"""Request and response bodies with AUTOMATIC1111's field names, so existing API clients work unchanged.
+
+Fields A1111 accepts but animegen does not implement (restore_faces, tiling, scripts, ...) are
+accepted and ignored, as are unknown fields (`extra="ignore"`); wrong types are rejected with 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _A1111Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Txt2ImgRequest(_A1111Body):
+    """`POST /sdapi/v1/txt2img` (A1111's StableDiffusionTxt2ImgProcessingAPI, the fields that matter)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    sampler_name: str | None = None
+    sampler_index: str | None = Field(None, description="deprecated alias of sampler_name")
+    scheduler: str | None = Field(None, description="A1111 1.9+ 'Schedule type' (Automatic, Karras)")
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    steps: int = Field(20, ge=1)
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    width: int = Field(512, ge=64)
+    height: int = Field(512, ge=64)
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    denoising_strength: float | None = Field(None, ge=0.0, le=1.0)
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_second_pass_steps: int = Field(0, ge=0)
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True
+    save_images: bool = False
+    preset: str = Field("none", description="animegen prompt preset (animagine, dashanime, danbooru, none)")
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    """`POST /sdapi/v1/img2img`: txt2img fields plus base64 `init_images` and `denoising_strength`."""
+
+    init_images: list[str] = Field(..., min_length=1, description="base64 images (data: URLs accepted)")
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    resize_mode: int = 0
+    include_init_images: bool = False
+
+
+class GenerationResponse(BaseModel):
+    """A1111's TextToImageResponse / ImageToImageResponse."""
+
+    images: list[str] = Field(description="base64 PNGs, each with its infotext in the `parameters` chunk")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON string: seeds, prompts, model, and `infotexts` (one per image)")
+
+
+class PngInfoRequest(_A1111Body):
+    image: str = Field(..., description="base64 PNG (data: URL accepted)")
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    queued: int = Field(0, description="animegen: jobs waiting behind the running one")
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: ProgressState
+    current_image: str | None = None
+    textinfo: str | None = None
+
+
+class SdModelItem(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None = None
+    sha256: str | None = None
+    filename: str
+    config: str | None = None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,261 @@
+"""The server's core, shared by the REST API and the web UI: limits, name resolution and the job queue.
+
+Both front ends turn user input into a `GenerationRequest` here, so a limit or a path check
+cannot be skipped by using the other front end.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from animegen.generate import GenerationRequest, resolve_sampler
+from animegen.serve.catalog import Catalog, CheckpointEntry, NotFoundError, UnsafeNameError
+from animegen.serve.config import ServeConfig
+from animegen.serve.jobs import JobQueue, ModelBackend
+
+log = logging.getLogger(__name__)
+
+OPTION_DEFAULTS: dict[str, Any] = {
+    "CLIP_stop_at_last_layers": 1,
+    "samples_format": "png",
+    "enable_pnginfo": True,
+}
+
+
+class RequestError(ValueError):
+    """A request asks for something the server refuses; `field` is the offending request field."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class GenerationResult:
+    """What a finished generation job hands back: the images and the model that made them."""
+
+    images: list  # list[animegen.generate.GeneratedImage]
+    model_name: str
+    model_hash: str | None
+    interrupted: bool = False
+
+
+class GeneratorBackend:
+    """The real model worker state: one `animegen.generate.Generator`, replaced on model switch."""
+
+    def __init__(self, config: ServeConfig, catalog: Catalog):
+        self.config = config
+        self.catalog = catalog
+        self.generator = None
+        self.loaded: CheckpointEntry | None = None
+
+    def load(self, entry: CheckpointEntry) -> None:
+        """Free the current model, then load `entry` (never allowing pickle)."""
+        from animegen.generate import Generator
+
+        previous = self.loaded
+        self.generator, self.loaded = None, None
+        gc.collect()
+        _empty_device_cache()
+        try:
+            self.generator = Generator(
+                str(entry.path), vae=self.config.vae, device=self.config.device, dtype=self.config.dtype,
+                allow_pickle=False, lora_dir=None,
+            )
+        except Exception:
+            if previous is not None and previous.path != entry.path:
+                log.warning("loading %s failed; reloading %s", entry.name, previous.name)
+                self.load(previous)
+            raise
+        self.loaded = entry
+        self.catalog.remember_hash(entry.path, self.generator.model_hash)
+
+    def generate(self, request, progress, interrupt) -> GenerationResult:
+        from animegen.generate import GenerationInterrupted
+
+        generator = self.generator
+        try:
+            images = generator(request, progress=progress, interrupt=interrupt)
+        except GenerationInterrupted:
+            return GenerationResult([], generator.model_name, generator.model_hash, interrupted=True)
+        return GenerationResult(images, generator.model_name, generator.model_hash, interrupt.is_set())
+
+
+def _empty_device_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - freeing memory is best effort
+        pass
+
+
+class ServeService:
+    """Owns the catalog, the options and the single-worker job queue."""
+
+    def __init__(self, config: ServeConfig, backend: ModelBackend | None = None):
+        self.config = config
+        self.limits = config.limits
+        self.catalog = Catalog(config.model, config.model_dir, config.lora_dir)
+        self.backend = backend if backend is not None else GeneratorBackend(config, self.catalog)
+        start = self.catalog.start_entry
+        self.backend.load(start)  # at start-up, so a bad --model fails before serving
+        self.queue = JobQueue(self.backend, start, config.max_queue)
+        self._options_lock = threading.Lock()
+        self._options = dict(OPTION_DEFAULTS)
+
+    # -- options ----------------------------------------------------------------------------------
+    def options(self) -> dict[str, Any]:
+        """A1111's `/sdapi/v1/options`: the selected checkpoint plus the options animegen honours."""
+        selected = self._current_entry(self.queue.selected)
+        with self._options_lock:
+            options = dict(self._options)
+        options["sd_model_checkpoint"] = selected.title
+        options["sd_checkpoint_hash"] = selected.hash
+        return options
+
+    def _current_entry(self, entry: CheckpointEntry) -> CheckpointEntry:
+        for listed in self.catalog.checkpoints():
+            if listed.path == entry.path:
+                return listed
+        return entry
+
+    def set_options(self, values: dict[str, Any]) -> Future | None:
+        """Store known options; a new `sd_model_checkpoint` queues a switch (returned future)."""
+        clip_skip = values.get("CLIP_stop_at_last_layers")
+        if clip_skip is not None:
+            self._check_clip_skip(clip_skip, "CLIP_stop_at_last_layers")
+        future = None
+        if values.get("sd_model_checkpoint") is not None:
+            entry = self.find_checkpoint(values["sd_model_checkpoint"], "sd_model_checkpoint")
+            future = self.queue.switch_model(entry)
+        with self._options_lock:
+            for key in OPTION_DEFAULTS:
+                if key in values:
+                    self._options[key] = values[key]
+        return future
+
+    def find_checkpoint(self, name: Any, field: str) -> CheckpointEntry:
+        if not isinstance(name, str):
+            raise RequestError(field, f"{field} must be a string model title")
+        try:
+            return self.catalog.find_checkpoint(name)
+        except UnsafeNameError as exc:
+            raise RequestError(field, str(exc), status=400) from None
+        except NotFoundError as exc:
+            raise RequestError(field, str(exc), status=404) from None
+
+    @staticmethod
+    def _check_clip_skip(value: Any, field: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
+            raise RequestError(field, f"{field} must be an integer from 1 to 12, got {value!r}")
+        return value
+
+    # -- requests ---------------------------------------------------------------------------------
+    def check_size(self, *, width: int, height: int, steps: int, images: int, hires_scale: float = 1.0,
+                   hires_steps: int = 0) -> None:
+        """Enforce the configured limits; the error names the field and the allowed maximum."""
+        lim = self.limits
+        final_w, final_h = int(width * hires_scale), int(height * hires_scale)
+        checks = [
+            ("width", width <= lim.max_width, f"width {width} exceeds the server limit {lim.max_width}"),
+            ("height", height <= lim.max_height, f"height {height} exceeds the server limit {lim.max_height}"),
+            ("width", width % 8 == 0, f"width {width} must be a multiple of 8"),
+            ("height", height % 8 == 0, f"height {height} must be a multiple of 8"),
+            ("width", final_w * final_h <= lim.max_pixels,
+             f"{final_w}x{final_h} pixels exceed the server limit of {lim.max_pixels} pixels"),
+            ("steps", steps <= lim.max_steps, f"steps {steps} exceeds the server limit {lim.max_steps}"),
+            ("hr_second_pass_steps", hires_steps <= lim.max_steps,
+             f"hires steps {hires_steps} exceed the server limit {lim.max_steps}"),
+            ("n_iter", images <= lim.max_images,
+             f"{images} images (n_iter x batch_size) exceed the server limit {lim.max_images}"),
+        ]
+        for field, ok, message in checks:
+            if not ok:
+                raise RequestError(field, message)
+
+    def split_loras(self, prompt: str) -> tuple[str, list[tuple[str, float]]]:
+        """Take `<lora:name:w>` tags out of `prompt`, resolving each name inside --lora-dir only.
+
+        The generator gets the resolved file paths, so nothing in a prompt is ever used as a path.
+        """
+        from animegen.prompts.parser import extract_lora_tags
+
+        clean, tags = extract_lora_tags(prompt)
+        loras = []
+        for name, weight in tags:
+            try:
+                entry = self.catalog.find_lora(name)
+            except UnsafeNameError as exc:
+                raise RequestError("prompt", f"LoRA {exc}", status=400) from None
+            except NotFoundError as exc:
+                raise RequestError("prompt", str(exc), status=404) from None
+            loras.append((str(entry.path), float(weight)))
+        return (clean if tags else prompt), loras
+
+    def build_request(self, *, prompt: str, negative_prompt: str = "", preset: str = "none",
+                      sampler: str | None = None, schedule_type: str | None = None, steps: int = 20,
+                      cfg_scale: float = 7.0, seed: int = -1, width: int = 512, height: int = 512,
+                      clip_skip: int | None = None, n_iter: int = 1, batch_size: int = 1, init_image=None,
+                      strength: float = 0.75, hires_scale: float = 1.0, hires_steps: int = 0,
+                      hires_denoise: float = 0.5) -> GenerationRequest:
+        """Validate everything and build the generator's request (LoRAs resolved to safe paths)."""
+        self.check_size(width=width, height=height, steps=steps, images=n_iter * batch_size,
+                        hires_scale=hires_scale, hires_steps=hires_steps)
+        if sampler:
+            try:
+                sampler = resolve_sampler(sampler, schedule_type).name
+                schedule_type = None
+            except ValueError as exc:
+                raise RequestError("sampler_name", str(exc)) from None
+        if clip_skip is None:
+            with self._options_lock:
+                clip_skip = self._options["CLIP_stop_at_last_layers"]
+        self._check_clip_skip(clip_skip, "CLIP_stop_at_last_layers")
+        self._check_preset(preset)
+        clean_prompt, loras = self.split_loras(prompt)
+        request = GenerationRequest(
+            prompt=clean_prompt, negative_prompt=negative_prompt, preset=preset or "none", sampler=sampler,
+            schedule_type=schedule_type, steps=steps, cfg_scale=cfg_scale, seed=seed, width=width,
+            height=height, clip_skip=clip_skip, loras=loras, n=n_iter * batch_size, batch_size=batch_size,
+            init_image=init_image, strength=strength, hires_scale=hires_scale, hires_steps=hires_steps,
+            hires_denoise=hires_denoise,
+        )
+        try:
+            request.validate()
+        except ValueError as exc:
+            raise RequestError(_field_of(str(exc)), str(exc)) from None
+        return request
+
+    @staticmethod
+    def _check_preset(preset: str) -> None:
+        if preset in ("", "none"):
+            return
+        from animegen.prompts.presets import get_preset
+
+        try:
+            get_preset(preset)
+        except ValueError as exc:
+            raise RequestError("preset", str(exc)) from None
+
+    def submit(self, request: GenerationRequest, *, model: CheckpointEntry | None = None,
+               keep_model: bool = False, label: str = "txt2img") -> Future:
+        """Queue a generation (QueueFullError when full); resolves to a `GenerationResult`."""
+        return self.queue.generate(request, model=model, keep_model=keep_model, label=label)
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+def _field_of(message: str) -> str:
+    word = message.split(" ", 1)[0]
+    return word if word.isidentifier() else "request"
+

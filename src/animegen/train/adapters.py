@@ -1,0 +1,105 @@
+"""Attach trainable adapters (peft) or unfreeze weights for a full fine-tune.
+
+Target presets follow kohya/LyCORIS practice: `attention` = the q/k/v/out projections of every
+attention layer; `attention_ff` adds the transformer blocks' feed-forward and proj_in/proj_out;
+`attention_ff_conv` (and adapter kind `locon`) adds the ResNet and resampler convolutions. Text
+encoders get the same treatment on their own q/k/v/out (and fc1/fc2) projections.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from animegen.train.config import AdapterSection
+
+UNET_ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
+UNET_FF = ["ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
+UNET_CONV = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
+TE_ATTN = ["q_proj", "k_proj", "v_proj", "out_proj"]
+TE_FF = ["fc1", "fc2"]
+ADAPTER_PARAM_MARKERS = ("lora_", "hada_", "lokr_", "ia3_")
+
+
+def unet_targets(cfg: AdapterSection) -> list[str]:
+    targets = list(UNET_ATTN)
+    if cfg.targets in ("attention_ff", "attention_ff_conv") or cfg.kind == "locon":
+        targets += UNET_FF
+    if cfg.targets == "attention_ff_conv" or cfg.kind == "locon":
+        targets += UNET_CONV
+    return targets
+
+
+def text_encoder_targets(cfg: AdapterSection) -> list[str]:
+    return TE_ATTN + (TE_FF if cfg.targets != "attention" else [])
+
+
+def peft_config(cfg: AdapterSection, targets: list[str], feedforward: list[str]):
+    """The peft config of one component for the configured adapter kind."""
+    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
+
+    kind = cfg.kind
+    if kind in ("lora", "locon", "dora"):
+        return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                          init_lora_weights=True, use_dora=kind == "dora")
+    if kind == "loha":
+        return LoHaConfig(r=cfg.rank, alpha=cfg.alpha, module_dropout=cfg.dropout, target_modules=targets,
+                          init_weights=True)
+    if kind == "lokr":
+        return LoKrConfig(r=cfg.rank, alpha=cfg.alpha, module_dropout=cfg.dropout, target_modules=targets,
+                          init_weights=True)
+    if kind == "ia3":
+        ff = [t for t in feedforward if t in targets]
+        return IA3Config(target_modules=targets, feedforward_modules=ff, init_ia3_weights=True)
+    raise ValueError(f"adapter.kind {kind!r} has no peft adapter")
+
+
+def attach(model: torch.nn.Module, cfg: AdapterSection, targets: list[str], feedforward: list[str]) -> None:
+    """Inject the adapter into `model` in place and leave only adapter weights trainable."""
+    from peft import inject_adapter_in_model
+
+    model.requires_grad_(False)
+    inject_adapter_in_model(peft_config(cfg, targets, feedforward), model, adapter_name="default")
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(m in name for m in ADAPTER_PARAM_MARKERS))
+
+
+def prepare_models(pipe, cfg: AdapterSection, gradient_checkpointing: bool) -> dict[str, torch.nn.Module]:
+    """Set up every component for training; returns {component name: module} of those that train."""
+    for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False)
+    trained: dict[str, torch.nn.Module] = {}
+    text_encoders = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+    if cfg.kind == "full":
+        if cfg.train_unet:
+            pipe.unet.requires_grad_(True)
+            trained["unet"] = pipe.unet
+        if cfg.train_text_encoder:
+            for n in text_encoders:
+                getattr(pipe, n).requires_grad_(True)
+                trained[n] = getattr(pipe, n)
+    else:
+        if cfg.train_unet:
+            attach(pipe.unet, cfg, unet_targets(cfg), ["ff.net.2"])
+            trained["unet"] = pipe.unet
+        if cfg.train_text_encoder:
+            for n in text_encoders:
+                attach(getattr(pipe, n), cfg, text_encoder_targets(cfg), ["fc2"])
+                trained[n] = getattr(pipe, n)
+    if gradient_checkpointing:
+        if "unet" in trained:
+            pipe.unet.enable_gradient_checkpointing()
+        for n in text_encoders:
+            if n in trained:
+                getattr(pipe, n).gradient_checkpointing_enable()
+    return trained
+
+
+def trainable_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def adapter_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only the trained (adapter, or all for full fine-tunes) weights of a module, by parameter name."""
+    return {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}

@@ -1,0 +1,311 @@
+"""Typed training configuration, loaded from one TOML file.
+
+Every option has exactly one name: the TOML key `optimizer.lr` is also the CLI override
+`--set optimizer.lr=1e-4`. Validation (pydantic v2, `extra="forbid"`) happens before any model is
+loaded, and every error names the offending key and, for choices, the valid values.
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AdapterKind = Literal["lora", "locon", "loha", "lokr", "ia3", "dora", "full"]
+TargetPreset = Literal["attention", "attention_ff", "attention_ff_conv"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    base: str = Field("", description="Hub id, diffusers folder or A1111 single .safetensors to fine-tune.")
+    vae: str | None = None
+    allow_pickle: bool = False
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
+    zero_terminal_snr: bool = False
+
+
+class AdapterSection(_Section):
+    kind: AdapterKind = "lora"
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: TargetPreset = "attention"
+    train_unet: bool = True
+    train_text_encoder: bool = False
+    ema: bool = False
+    ema_decay: float = Field(0.9999, gt=0.0, lt=1.0)
+
+
+class OptimizerSection(_Section):
+    name: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = "adamw"
+    lr: float = Field(1e-4, ge=0)
+    text_encoder_lr: float | None = Field(None, ge=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    prodigy_d0: float = Field(1e-6, gt=0)
+    prodigy_safeguard_warmup: bool = False
+    prodigy_use_bias_correction: bool = True
+    max_grad_norm: float = Field(1.0, ge=0)
+    scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                       "polynomial"] = "constant_with_warmup"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class LossSection(_Section):
+    type: Literal["l2", "huber", "smooth_l1"] = "l2"
+    huber_c: float = Field(0.1, gt=0)
+    min_snr_gamma: float = Field(0.0, ge=0, description="0 turns min-SNR weighting off; 5 is the paper's value.")
+    noise_offset: float = Field(0.0, ge=0)
+
+
+class DatasetEntry(_Section):
+    path: str
+    kind: Literal["auto", "kohya", "manifest", "webdataset"] = "auto"
+    repeats: int = Field(1, ge=1)
+    weight: float = Field(1.0, gt=0)
+    caption_extension: str = ".txt"
+    caption_columns: list[str] = Field(default_factory=lambda: ["caption"])
+
+
+class DataSection(_Section):
+    datasets: list[DatasetEntry] = Field(default_factory=list)
+    resolution: int = Field(512, ge=64)
+    bucket_step: int = Field(64, ge=8)
+    min_bucket_side: int = Field(256, ge=8)
+    max_bucket_side: int = Field(2048, ge=64)
+    bucket_no_upscale: bool = False
+    random_crop: bool = False
+    random_flip: bool = False
+    shuffle_tags: bool = False
+    keep_tokens: int = Field(0, ge=0)
+    caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
+    caption_preset: str = "none"
+    cache_latents: bool = True
+    cache_text_embeddings: bool = True
+    cache_dir: str | None = None
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+    num_workers: int = Field(0, ge=0)
+
+
+class TrainSection(_Section):
+    output_dir: str = "runs/train"
+    max_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    device: str | None = None
+
+
+class SampleSection(_Section):
+    every_steps: int = Field(0, ge=0)
+    prompts: list[str] = Field(default_factory=list)
+    negative_prompt: str = ""
+    steps: int = Field(20, ge=1)
+    cfg_scale: float = 7.0
+    sampler: str = "Euler a"
+    seed: int = 0
+    width: int = Field(512, ge=64)
+    height: int = Field(512, ge=64)
+
+
+class ValidationSection(_Section):
+    every_steps: int = Field(0, ge=0)
+    seed: int = 1234
+    timesteps: list[int] = Field(default_factory=lambda: [100, 300, 500, 700, 900])
+
+    @field_validator("timesteps")
+    @classmethod
+    def _in_range(cls, v: list[int]) -> list[int]:
+        if not v or any(t < 0 or t >= 1000 for t in v):
+            raise ValueError("timesteps must be a non-empty list of integers in [0, 999]")
+        return v
+
+
+class CheckpointSection(_Section):
+    every_steps: int = Field(0, ge=0)
+    keep_last: int = Field(3, ge=1)
+
+
+class ExportSection(_Section):
+    name: str = "model"
+    formats: list[Literal["kohya", "diffusers", "single_file"]] = Field(
+        default_factory=lambda: ["kohya", "diffusers"])
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
+
+
+class LogSection(_Section):
+    tensorboard: bool = True
+    every_steps: int = Field(10, ge=1)
+    progress: bool = True
+
+
+class TrainConfig(_Section):
+    """The whole run. `stages` (optional) run one after another, each a partial override of the rest."""
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    adapter: AdapterSection = Field(default_factory=AdapterSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    sample: SampleSection = Field(default_factory=SampleSection)
+    validation: ValidationSection = Field(default_factory=ValidationSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    log: LogSection = Field(default_factory=LogSection)
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.adapter.kind == "ia3" and self.adapter.targets == "attention_ff_conv":
+            raise ValueError("adapter.targets: 'attention_ff_conv' is not supported by ia3; "
+                             "choose 'attention' or 'attention_ff'")
+        if self.optimizer.name == "adamw8bit":
+            _require_bitsandbytes()
+        if not (self.adapter.train_unet or self.adapter.train_text_encoder):
+            raise ValueError("adapter.train_unet and adapter.train_text_encoder are both false: nothing to train")
+        bad = [f for f in self.export.formats if f == "single_file" and self.adapter.kind != "full"]
+        if bad:
+            raise ValueError("export.formats: 'single_file' is for adapter.kind = 'full'; "
+                             "use 'kohya' and/or 'diffusers' for adapters")
+        for i, stage in enumerate(self.stages):
+            try:
+                stage_config(self, i)
+            except ConfigError as exc:
+                raise ValueError(f"stages[{i}]: {exc}") from None
+        return self
+
+
+def _require_bitsandbytes() -> None:
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+        raise ValueError("optimizer.name: 'adamw8bit' needs bitsandbytes and a CUDA GPU; "
+                         "use 'adamw', 'prodigy' or 'adafactor' here")
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            valid = _valid_keys(parent)
+            msg = f"unknown key; valid keys here: {', '.join(valid)}"
+        elif err["type"] == "literal_error":
+            msg = f"invalid value {err.get('input')!r}; {msg}"
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    model: Any = TrainConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))
+        model = next((a for a in (ann, *inner) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def validate_config(data: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from plain data, turning pydantic errors into one ConfigError."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value). Values are read as TOML, else Python literals, else strings."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optimizer.lr=1e-4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+    return key.split("."), value
+
+
+def set_key(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set a dotted key in nested dicts; unknown keys are caught by validation afterwards."""
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML config (or start from `base`), apply `--set` overrides, validate."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found; write one with "
+                              "`animegen train init --preset NAME --out FILE`")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        set_key(data, keys, value)
+    return validate_config(data)
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def stage_config(config: TrainConfig, index: int) -> TrainConfig:
+    """The effective config of stage `index`: the base config with that stage's table merged over it."""
+    base = config.model_dump(exclude={"stages"})
+    stage = dict(config.stages[index])
+    stage.pop("name", None)
+    merged = _deep_merge(base, stage)
+    merged["stages"] = []
+    return validate_config(merged)
+
+
+def stage_names(config: TrainConfig) -> list[str]:
+    return [str(s.get("name", f"stage{i + 1}")) for i, s in enumerate(config.stages)]

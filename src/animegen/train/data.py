@@ -1,0 +1,335 @@
+"""Training data: kohya folders, `animegen data` manifests and WebDataset shards; aspect-ratio buckets;
+a deterministic batch order.
+
+Determinism is the point of the design: the batch sequence is a pure function of (seed, epoch), and
+per-sample randomness (flip, crop, caption shuffle/dropout) of (seed, step, position in the global
+batch). That makes `--resume` exact and lets N processes split one global batch and see the same
+samples one process would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import random
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from animegen.train.config import DataSection, DatasetEntry
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".avif", ".jxl"}
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read; the message names the path and what to do."""
+
+
+@dataclass
+class Item:
+    """One training image: where it is, its caption candidates and how often it is shown per epoch."""
+
+    source: str  # a file path, or "tarfile::member" for WebDataset shards
+    captions: list[str]
+    repeats: float
+    size: tuple[int, int] = (0, 0)  # (width, height)
+    bucket: tuple[int, int] = (0, 0)
+    dataset: int = 0
+
+    def read_bytes(self) -> bytes:
+        if "::" in self.source:
+            tar, member = self.source.split("::", 1)
+            with tarfile.open(tar) as tf:
+                f = tf.extractfile(member)
+                if f is None:
+                    raise DataError(f"{self.source}: member missing from shard")
+                return f.read()
+        return Path(self.source).read_bytes()
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.read_bytes()).hexdigest()[:32]
+
+
+def open_item_image(item: Item) -> Image.Image:
+    """RGB image of an item, through the data helper's validated loader when it is available."""
+    if "::" not in item.source:
+        from animegen.data.image_io import open_image
+
+        return open_image(item.source)
+    img = Image.open(io.BytesIO(item.read_bytes()))
+    img.seek(0)
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _read_kohya(root: Path, entry: DatasetEntry, index: int) -> list[Item]:
+    """kohya layout: `root/N_name/img.png` + `img.txt`; N is the repeat count. A flat folder is N=1."""
+    folders: list[tuple[Path, int]] = []
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    for sub in subdirs:
+        head = sub.name.split("_", 1)[0]
+        if head.isdigit():
+            folders.append((sub, int(head)))
+    if any(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir()):
+        folders.append((root, 1))
+    if not folders:
+        raise DataError(f"{root}: no images and no `N_name` repeat folders (e.g. `10_mychar/`) found")
+    items: list[Item] = []
+    for folder, n in folders:
+        for img in sorted(folder.iterdir()):
+            if img.suffix.lower() not in IMAGE_EXTS:
+                continue
+            cap_file = img.with_suffix(entry.caption_extension)
+            caption = cap_file.read_text(encoding="utf-8").strip() if cap_file.exists() else ""
+            items.append(Item(str(img), [caption], n * entry.repeats * entry.weight, dataset=index))
+    return items
+
+
+def _read_manifest(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
+    """An `animegen data` manifest (`manifest.jsonl`, see `animegen.data.manifest`): rows with status "ok"
+    train; the row's own `repeats` and `weight` (from `animegen data balance`) multiply the dataset's.
+    A list column (e.g. `tags`) joins to a comma-separated caption."""
+    from animegen.data.manifest import MANIFEST_NAME, read_rows
+
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    items: list[Item] = []
+    for row in read_rows(path).values():
+        if not row.ok:
+            continue
+        data = row.to_dict()
+        img_path = Path(row.path) if Path(row.path).is_absolute() else path.parent / row.path
+        captions = []
+        for col in entry.caption_columns:
+            value = data.get(col)
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value)
+            if value:
+                captions.append(str(value).strip())
+        repeats = entry.repeats * entry.weight * (row.repeats or 1) * (row.weight if row.weight is not None else 1.0)
+        items.append(Item(str(img_path), captions or [""], repeats, dataset=index))
+    return items
+
+
+def _read_webdataset(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
+    """WebDataset shards (`*.tar`): members grouped by key; image + `.txt` or `.json` caption."""
+    shards = sorted(path.glob("*.tar")) if path.is_dir() else [path]
+    if not shards:
+        raise DataError(f"{path}: no .tar shards found")
+    items: list[Item] = []
+    for shard in shards:
+        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.isfile():
+                    key, _, ext = m.name.partition(".")
+                    groups.setdefault(key, {})[ext.lower()] = m
+            for key in sorted(groups):
+                g = groups[key]
+                img_ext = next((e for e in g if "." + e in IMAGE_EXTS), None)
+                if img_ext is None:
+                    continue
+                captions = []
+                if "txt" in g:
+                    captions.append(tf.extractfile(g["txt"]).read().decode("utf-8").strip())
+                elif "json" in g:
+                    meta = json.loads(tf.extractfile(g["json"]).read())
+                    for col in entry.caption_columns:
+                        if meta.get(col):
+                            v = meta[col]
+                            captions.append(", ".join(v) if isinstance(v, list) else str(v))
+                items.append(Item(f"{shard}::{g[img_ext].name}", captions or [""],
+                                  entry.repeats * entry.weight, dataset=index))
+    return items
+
+
+def read_dataset(entry: DatasetEntry, index: int = 0) -> list[Item]:
+    """All items of one configured dataset, with their image sizes read from the headers."""
+    path = Path(entry.path)
+    if not path.exists():
+        raise DataError(f"data.datasets[{index}].path: {str(path)!r} does not exist")
+    kind = entry.kind
+    if kind == "auto":
+        if (path.is_file() and path.suffix in (".jsonl", ".json")) or (path / "manifest.jsonl").is_file():
+            kind = "manifest"
+        elif path.suffix == ".tar" or (path.is_dir() and any(path.glob("*.tar"))):
+            kind = "webdataset"
+        else:
+            kind = "kohya"
+    reader = {"kohya": _read_kohya, "manifest": _read_manifest, "webdataset": _read_webdataset}[kind]
+    items = reader(path, entry, index)
+    if not items:
+        raise DataError(f"data.datasets[{index}].path: {str(path)!r} holds no images")
+    for item in items:
+        try:
+            with Image.open(io.BytesIO(item.read_bytes()) if "::" in item.source else item.source) as im:
+                item.size = _oriented_size(im)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{item.source}: cannot read image ({exc})") from None
+    return items
+
+
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    """Header size after EXIF orientation (orientations 5-8 swap width and height), as open_image sees it."""
+    w, h = im.size
+    return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
+
+
+# ---------------------------------------------------------------- buckets
+
+
+def make_buckets(max_area: int, step: int = 64, min_side: int = 256, max_side: int = 2048) -> list[tuple[int, int]]:
+    """All (w, h), multiples of `step`, with w*h <= max_area and each side as large as the area allows."""
+    buckets: set[tuple[int, int]] = set()
+    w = min_side
+    while w <= max_side:
+        h = min(max_side, (max_area // w) // step * step)
+        if h >= min_side:
+            buckets.add((w, h))
+            buckets.add((h, w))
+        w += step
+    side = int(math.isqrt(max_area)) // step * step
+    buckets.add((side, side))
+    return sorted(buckets)
+
+
+def assign_bucket(size: tuple[int, int], buckets: list[tuple[int, int]], *, no_upscale: bool = False,
+                  max_area: int = 0, step: int = 64) -> tuple[int, int]:
+    """The bucket of nearest aspect ratio (log-ratio distance). With `no_upscale`, an image smaller than
+    `max_area` gets its own bucket: its size rounded down to `step`, so it is never enlarged."""
+    w, h = size
+    if no_upscale and w * h <= max_area:
+        return max(step, w // step * step), max(step, h // step * step)
+    target = math.log(w / h)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - target), -b[0] * b[1]))
+
+
+def resize_to_bucket(img: Image.Image, bucket: tuple[int, int], rng: random.Random | None,
+                     flip: bool) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Scale to cover the bucket, crop (centre, or random when `rng` is given), flip; -> CHW in [-1, 1]
+    and the crop's (top, left) in resized pixels (SDXL's crop conditioning)."""
+    bw, bh = bucket
+    w, h = img.size
+    scale = max(bw / w, bh / h)
+    nw, nh = max(bw, round(w * scale)), max(bh, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.LANCZOS)
+    if rng is None:
+        left, top = (nw - bw) // 2, (nh - bh) // 2
+    else:
+        left, top = rng.randint(0, nw - bw), rng.randint(0, nh - bh)
+    img = img.crop((left, top, left + bw, top + bh))
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (top, left)
+
+
+# ---------------------------------------------------------------- the whole data set
+
+
+def _stable_unit(*parts: object) -> float:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+def step_rng(seed: int, step: int, slot: int) -> random.Random:
+    """Per-sample randomness: depends only on the run seed, the step and the sample's global slot."""
+    return random.Random(hashlib.sha256(f"{seed}/{step}/{slot}".encode()).digest())
+
+
+@dataclass
+class TrainData:
+    """Items split into train/validation, bucketed, with a deterministic global batch stream."""
+
+    cfg: DataSection
+    seed: int
+    train: list[Item] = field(default_factory=list)
+    val: list[Item] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, cfg: DataSection, seed: int) -> TrainData:
+        if not cfg.datasets:
+            raise DataError("data.datasets is empty: add at least one [[data.datasets]] table with a `path`")
+        items = [it for i, entry in enumerate(cfg.datasets) for it in read_dataset(entry, i)]
+        max_area = cfg.resolution * cfg.resolution
+        buckets = make_buckets(max_area, cfg.bucket_step, min(cfg.min_bucket_side, cfg.resolution),
+                               max(cfg.max_bucket_side, cfg.resolution))
+        for it in items:
+            it.bucket = assign_bucket(it.size, buckets, no_upscale=cfg.bucket_no_upscale,
+                                      max_area=max_area, step=cfg.bucket_step)
+        data = cls(cfg, seed)
+        for it in items:  # held-out split by a stable hash of the source: independent of listing order
+            (data.val if _stable_unit(seed, it.source) < cfg.validation_split else data.train).append(it)
+        if not data.train:
+            raise DataError("data.validation_split leaves no training images; lower it")
+        return data
+
+    def epoch_batches(self, epoch: int, batch_size: int) -> list[list[int]]:
+        """Global batches (item indices) of one epoch: each item `repeats` times (fractional part drawn),
+        shuffled within its bucket, chunked, short chunks filled from the same bucket, batches shuffled."""
+        rng = random.Random(hashlib.sha256(f"epoch/{self.seed}/{epoch}".encode()).digest())
+        by_bucket: dict[tuple[int, int], list[int]] = {}
+        for i, it in enumerate(self.train):
+            n = int(it.repeats) + (1 if rng.random() < it.repeats - int(it.repeats) else 0)
+            by_bucket.setdefault(it.bucket, []).extend([i] * n)
+        batches: list[list[int]] = []
+        for bucket in sorted(by_bucket):
+            idx = by_bucket[bucket]
+            if not idx:
+                continue
+            rng.shuffle(idx)
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                k = 0
+                while len(chunk) < batch_size:
+                    chunk.append(idx[k % len(idx)])
+                    k += 1
+                batches.append(chunk)
+        rng.shuffle(batches)
+        return batches
+
+    def batch_stream(self, batch_size: int, start_step: int = 0) -> Iterator[tuple[int, int, list[int]]]:
+        """(step, epoch, global batch) forever, starting at `start_step` (earlier batches are skipped by
+        index arithmetic only, so resuming costs no image reads)."""
+        step, epoch = 0, 0
+        while True:
+            batches = self.epoch_batches(epoch, batch_size)
+            if not batches:
+                raise DataError("no training batches: every dataset has repeats * weight < 1")
+            if step + len(batches) <= start_step:
+                step += len(batches)
+            else:
+                for b in batches:
+                    if step >= start_step:
+                        yield step, epoch, b
+                    step += 1
+            epoch += 1
+
+
+def make_caption(item: Item, cfg: DataSection, rng: random.Random) -> str:
+    """Pick a caption candidate (mixed long/short captions), drop it, shuffle tags, apply the prompt preset."""
+    text = item.captions[rng.randrange(len(item.captions))] if len(item.captions) > 1 else item.captions[0]
+    if cfg.caption_dropout and rng.random() < cfg.caption_dropout:
+        return ""
+    if cfg.shuffle_tags:
+        from animegen.prompts.tags import shuffle_tags
+
+        text = shuffle_tags(text, cfg.keep_tokens, rng)
+    if cfg.caption_preset != "none":
+        from animegen.prompts.presets import build_prompt
+
+        text = build_prompt(cfg.caption_preset, text)
+    return text
