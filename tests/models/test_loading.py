@@ -69,3 +69,20 @@ def test_model_hash_is_a1111_short_sha256(tmp_path, monkeypatch):
     f.write_bytes(b"abc" * 1000)
     assert model_hash(f) == hashlib.sha256(b"abc" * 1000).hexdigest()[:10]
     assert model_hash(f) == hashlib.sha256(b"abc" * 1000).hexdigest()[:10]  # cached path agrees
+
+
+def test_single_file_with_vae_override_generates_like_folder(tiny_sd15_dir, tmp_path):
+    """The single-file route and a VAE override (taken from the folder) give the folder's image."""
+    import numpy as np
+
+    from animegen.generate import GenerationRequest, Generator
+    from animegen.models.single_file import save_single_file
+
+    folder_pipe = load_pipeline(tiny_sd15_dir, device="cpu")
+    single = tmp_path / "tiny.safetensors"
+    save_single_file(folder_pipe, single)
+    req = GenerationRequest("1girl, red hair", sampler="Euler", steps=2, seed=9, width=64, height=64)
+    a = Generator(tiny_sd15_dir, device="cpu")(req)[0]
+    b = Generator(single, device="cpu", vae=tiny_sd15_dir)(req)[0]
+    assert np.abs(a.array - b.array).max() <= 1e-6
+    assert f"Model hash: {model_hash(single)}" in b.infotext and "Model: tiny," in b.infotext

@@ -1,5 +1,214 @@
-"""`animegen evaluate` sub-commands (being written)."""
+"""`animegen eval`: FID, KID, CLIP score, full evaluation runs with HTML reports, and run comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from animegen.cli.common import fail, user_errors
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evaluate: FID, KID, CLIP score, tag adherence, reports.")
+
+WEIGHTS_HELP = ("FID Inception weights: a path to pt_inception-2015-12-05-6726825d.pth, 'default' (torch hub "
+                "cache), or 'random' (smoke tests only: numbers not comparable).")
+MODE_HELP = "Resize: 'legacy' (pytorch-fid, bilinear) or 'clean' (clean-fid's PIL bicubic)."
+
+
+def _mode(value: str) -> str:
+    if value not in ("legacy", "clean"):
+        raise typer.BadParameter(f"'{value}' is not a resize mode; use 'legacy' or 'clean'")
+    return value
+
+
+def _parse_lora(spec: str) -> tuple[str, float]:
+    """`path/or/name[:weight]` (weight defaults to 1.0); Windows drive letters survive."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def _emit(data: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    for line in lines:
+        typer.echo(line)
+    for note in data.get("warnings", []):
+        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("fid")
+def fid_cmd(
+    real: Path = typer.Argument(..., help="Folder of real images (statistics cached by content hash)."),
+    fake: Path = typer.Argument(..., help="Folder of generated images."),
+    weights: str = typer.Option("default", "--weights", "--fid-weights", help=WEIGHTS_HELP),
+    mode: str = typer.Option("legacy", "--mode", "--fid-mode", callback=_mode, help=MODE_HELP),
+    batch_size: int = typer.Option(50, "--batch-size", min=1, help="Images per Inception forward pass."),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap resamples for the CI (0 = none)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (and of random weights)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+) -> None:
+    """Fréchet Inception Distance between two image folders (pytorch-fid compatible)."""
+    from animegen.evaluate.run import fid_kid_block
+
+    with user_errors():
+        block = fid_kid_block(real, fake, fid_weights=weights, mode=mode, batch_size=batch_size,
+                              bootstrap=bootstrap, cache_dir=cache_dir, seed=seed, kid_subsets=1)
+    fid = block["fid"]
+    line = f"FID: {fid['value']:.4f}"
+    if "ci" in fid:
+        ci = fid["ci"]
+        line += f"  ({int(ci['confidence'] * 100)}% CI {ci['low']:.4f} .. {ci['high']:.4f})"
+    _emit(fid, as_json, [line, f"mode: {fid['mode']}  weights: {fid['weights']}  "
+                               f"images: {fid['n_real']} real / {fid['n_fake']} generated"])
+
+
+@app.command("kid")
+def kid_cmd(
+    real: Path = typer.Argument(..., help="Folder of real images."),
+    fake: Path = typer.Argument(..., help="Folder of generated images."),
+    weights: str = typer.Option("default", "--weights", "--fid-weights", help=WEIGHTS_HELP),
+    mode: str = typer.Option("legacy", "--mode", "--fid-mode", callback=_mode, help=MODE_HELP),
+    batch_size: int = typer.Option(50, "--batch-size", min=1),
+    kid_subsets: int = typer.Option(100, "--kid-subsets", min=1, help="Random subsets to average over."),
+    kid_subset_size: int = typer.Option(1000, "--kid-subset-size", min=2,
+                                        help="Images per subset (reduced to the smaller set's size)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Kernel Inception Distance (unbiased, cubic polynomial kernel): mean ± std over subsets."""
+    from animegen.evaluate.run import fid_kid_block
+
+    with user_errors():
+        block = fid_kid_block(real, fake, fid_weights=weights, mode=mode, batch_size=batch_size, bootstrap=0,
+                              kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, cache_dir=cache_dir,
+                              seed=seed)
+    kid = block["kid"]
+    kid["warnings"] = [w for w in block["fid"]["warnings"] if "RANDOM" in w or "unreadable" in w] + kid["warnings"]
+    _emit(kid, as_json, [f"KID: {kid['mean']:.6f} ± {kid['std']:.6f}",
+                         f"{kid['n_subsets']} subsets of {kid['subset_size']}  mode: {kid['mode']}  "
+                         f"weights: {kid['weights']}"])
+
+
+@app.command("clip")
+def clip_cmd(
+    fake: Path = typer.Argument(..., help="Folder of generated images."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="One prompt per image, in sorted file order "
+                                           "(default: each PNG's own infotext prompt)."),
+    clip_model: str = typer.Option(..., "--clip-model", help="CLIP model folder or hub id."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """CLIP score (100 · max(cos, 0), torchmetrics' definition) of images against their prompts."""
+    from animegen.evaluate.clip_score import ClipScorer
+    from animegen.evaluate.features import list_images, load_images
+    from animegen.evaluate.run import load_prompts, plain_prompt
+    from animegen.generate.infotext import parse_infotext, read_png_infotext
+
+    with user_errors():
+        paths = list_images(fake)
+        loaded, skipped = load_images(paths)
+        if not loaded:
+            fail(f"no readable images in '{fake}' (first problem: {skipped[0][1]})")
+        if prompts is not None:
+            texts = load_prompts(prompts)
+            if len(texts) != len(paths):
+                fail(f"--prompts has {len(texts)} prompts but '{fake}' has {len(paths)} images; give one prompt "
+                     "per image (sorted by file name), or omit --prompts to use the PNG infotext")
+            by_path = dict(zip(map(str, paths), texts))
+            texts = [by_path[str(p)] for p, _ in loaded]
+        else:
+            texts = []
+            for p, _ in loaded:
+                info = read_png_infotext(p) if p.suffix.lower() == ".png" else None
+                if not info:
+                    fail(f"'{p}' has no infotext prompt; pass --prompts")
+                texts.append(parse_infotext(info).get("prompt", ""))
+        scorer = ClipScorer.load(clip_model)
+        scores = scorer.score([im for _, im in loaded], [plain_prompt(t) for t in texts], batch_size=batch_size)
+    data = {"mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+            "n": len(scores), "model": clip_model,
+            "per_image": {str(p): float(s) for (p, _), s in zip(loaded, scores)},
+            "warnings": scorer.notes + [f"skipped unreadable image {p}: {r}" for p, r in skipped]}
+    _emit(data, as_json, [f"CLIP score: {data['mean']:.3f} ± {data['std']:.3f} over {data['n']} images"])
+
+
+@app.command("run")
+def run_cmd(
+    model: str = typer.Option(..., "--model", help="Model: hub id, diffusers folder or single .safetensors."),
+    prompts: Path = typer.Option(..., "--prompts", help="Prompt file: one per line, JSON list or TOML prompts=[]."),
+    out: Path = typer.Option(..., "--out", help="Output folder (images/, metrics.json, report.html)."),
+    lora: list[str] = typer.Option([], "--lora", help="LoRA as PATH_OR_NAME[:WEIGHT]; repeatable."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real images: enables FID and KID."),
+    n_per_prompt: int = typer.Option(4, "--n-per-prompt", min=1, help="Images per prompt."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the first image; image k uses seed + k."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name (default: preset's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1),
+    cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", min=0),
+    width: Optional[int] = typer.Option(None, "--width"),
+    height: Optional[int] = typer.Option(None, "--height"),
+    negative_prompt: str = typer.Option("", "--negative-prompt"),
+    preset: str = typer.Option("none", "--preset", help="Prompt preset (see `animegen presets`)."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per generation batch."),
+    fid_weights: Optional[str] = typer.Option(None, "--fid-weights", help=WEIGHTS_HELP +
+                                              " Default: the torch hub cache if present, else FID is skipped."),
+    fid_mode: str = typer.Option("legacy", "--fid-mode", callback=_mode, help=MODE_HELP),
+    bootstrap: int = typer.Option(200, "--bootstrap", min=0),
+    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP folder or hub id: enables CLIP score."),
+    tagger: Optional[str] = typer.Option(None, "--tagger", help="WD14 tagger folder or hub id: enables tag adherence."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+) -> None:
+    """Generate a seeded image set, compute every metric that has its inputs, write metrics.json + report.html."""
+    from animegen.evaluate.run import run_eval
+
+    with user_errors():
+        data = run_eval(model, prompts, out, loras=[_parse_lora(s) for s in lora], real_dir=real,
+                        n_per_prompt=n_per_prompt, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                        width=width, height=height, negative_prompt=negative_prompt, preset=preset,
+                        batch_size=batch_size, fid_weights=fid_weights, fid_mode=fid_mode, bootstrap=bootstrap,
+                        clip_model=clip_model, tagger=tagger, cache_dir=cache_dir, device=device, dtype=dtype,
+                        log=lambda m: typer.echo(m, err=True))
+    from animegen.evaluate.report import metric_rows
+
+    for name, value, note in metric_rows(data["metrics"]):
+        typer.echo(f"{name}: {value}   ({note})")
+    for name, why in data["skipped"].items():
+        typer.echo(f"{name}: not computed — {why}")
+    for note in data["warnings"]:
+        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: list[Path] = typer.Argument(..., help="Two or more `eval run` output folders."),
+    out: Path = typer.Option(..., "--out", help="Output folder (compare.html, compare.json) or .html file."),
+) -> None:
+    """Side-by-side table, plots and same-seed images of several eval runs."""
+    from animegen.evaluate.run import compare
+
+    with user_errors():
+        path = compare(runs, out)
+    typer.echo(f"comparison: {path}")
+
+
+@app.command("report")
+def report_cmd(run: Path = typer.Argument(..., help="An `eval run` output folder.")) -> None:
+    """Re-write report.html of a run from its metrics.json."""
+    from animegen.evaluate.report import write_run_report
+
+    with user_errors():
+        path = write_run_report(run)
+    typer.echo(f"report: {path}")

@@ -8,6 +8,7 @@ from animegen.cli import data as data_cli
 from animegen.cli import evaluate as eval_cli
 from animegen.cli import generate as generate_cli
 from animegen.cli import models as models_cli
+from animegen.cli import presets as presets_cli
 from animegen.cli import serve as serve_cli
 from animegen.cli import train as train_cli
 
@@ -15,6 +16,7 @@ app = typer.Typer(help="Anime image generation with SD1.x and SDXL: data, train,
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(models_cli.app, name="models", help="Build tiny test models; inspect and convert checkpoints.")
 generate_cli.register(app)
+presets_cli.register(app)
 app.add_typer(data_cli.app, name="data", help="Curate a dataset: ingest, tag, score, caption, balance, export.")
 app.add_typer(train_cli.app, name="train", help="Fine-tune: LoRA family adapters or full fine-tunes.")
 app.add_typer(eval_cli.app, name="eval", help="Evaluate: FID, KID, CLIP score, tag adherence, reports.")

@@ -1,7 +1,77 @@
-"""`animegen serve` (being written)."""
+"""`animegen serve`: the A1111-compatible REST API and the Gradio web UI from one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add the `serve` command to the main app."""
+    app.command("serve")(serve)
+
+
+def serve(
+    model: str = typer.Option(None, "--model", help="Checkpoint to load: diffusers folder or .safetensors file."),
+    model_dir: Path = typer.Option(None, "--model-dir", help="Folder of checkpoints the API may switch to."),
+    lora_dir: Path = typer.Option(None, "--lora-dir", help="Folder of LoRAs usable as <lora:name:weight>."),
+    vae: str = typer.Option(None, "--vae", help="VAE override (folder or .safetensors)."),
+    device: str = typer.Option(None, "--device", help="cuda, cpu, mps (default: best available)."),
+    dtype: str = typer.Option(None, "--dtype", help="float16, bfloat16 or float32."),
+    host: str = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", help="Port (default 7860; 0 picks a free one)."),
+    listen: bool = typer.Option(False, "--listen", help="Bind 0.0.0.0; requires --api-auth or --api-token."),
+    api_auth: str = typer.Option(None, "--api-auth", envvar="ANIMEGEN_API_AUTH",
+                                 help="HTTP basic credentials user:pass[,user2:pass2]."),
+    api_token: str = typer.Option(None, "--api-token", envvar="ANIMEGEN_API_TOKEN",
+                                  help="Bearer token accepted instead of basic credentials."),
+    max_queue: int = typer.Option(None, "--max-queue", help="Waiting jobs before answering 429 (default 16)."),
+    ui: bool = typer.Option(None, "--ui/--no-ui", help="Mount the Gradio web UI at / (default on)."),
+    config: Path = typer.Option(None, "--config", help="TOML file with a [serve] table (flags override it)."),
+) -> None:
+    """Serve AUTOMATIC1111's /sdapi/v1 API (docs at /docs) and a web UI at / from one model worker."""
+    from pydantic import ValidationError
+
+    from animegen.serve.config import ServeConfig
+
+    values = {
+        "model": model, "model_dir": model_dir, "lora_dir": lora_dir, "vae": vae, "device": device,
+        "dtype": dtype, "host": host, "port": port, "listen": listen or None, "api_auth": api_auth,
+        "api_token": api_token, "max_queue": max_queue, "ui": ui,
+    }
+    try:
+        if config is not None:
+            if not config.is_file():
+                raise typer.BadParameter(f"config file {config} not found", param_hint="--config")
+            cfg = ServeConfig.from_toml(config, **values)
+        else:
+            if not model:
+                raise typer.BadParameter("give the checkpoint to serve, e.g. --model ./my-model.safetensors",
+                                         param_hint="--model")
+            cfg = ServeConfig(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            flag = f"--{where.replace('_', '-')}: " if where else ""
+            typer.secho(f"error: {flag}{error['msg'].removeprefix('Value error, ')}", err=True, fg="red")
+        raise typer.Exit(2) from None
+
+    for name, folder in (("--model-dir", cfg.model_dir), ("--lora-dir", cfg.lora_dir)):
+        if folder is not None and not Path(folder).is_dir():
+            raise typer.BadParameter(f"{folder} is not a folder", param_hint=name)
+
+    import uvicorn
+
+    from animegen.serve.app import create_app
+
+    typer.echo(f"loading {cfg.model} ...")
+    try:
+        app = create_app(cfg)
+    except (ValueError, OSError) as exc:
+        typer.secho(f"error: cannot load --model {cfg.model}: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from None
+    where = f"http://{'127.0.0.1' if cfg.host == '0.0.0.0' else cfg.host}:{cfg.port}"
+    typer.echo(f"web UI: {where}/   API: {where}/sdapi/v1   docs: {where}/docs")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info",
+                limit_concurrency=max(64, 4 * cfg.max_queue))

@@ -1,5 +1,79 @@
-"""`animegen train` sub-commands (being written)."""
+"""`animegen train CONFIG.toml [--resume] [--set key=value ...]` and `animegen train init --preset NAME --out F`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(no_args_is_help=True)
+from animegen.cli.common import fail
+
+
+class _ConfigOrCommand(TyperGroup):
+    """`animegen train CONFIG.toml ...` runs a config; `animegen train init ...` is the sub-command.
+
+    A click group cannot take an optional positional argument next to sub-commands, so a first argument
+    that is not a sub-command name is routed to the hidden `run` command.
+    """
+
+    def parse_args(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_ConfigOrCommand, no_args_is_help=True, help="Fine-tune: LoRA family adapters or full fine-tunes.")
+
+
+@app.command("run", hidden=True)
+def run_command(
+    config: Path = typer.Argument(..., help="Training config (TOML); write one with `animegen train init`."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in train.output_dir."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key: --set optimizer.lr=1e-4"),
+    stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop after this step with a checkpoint "
+                                          "(for time-boxed/preemptible jobs); finish later with --resume."),
+) -> None:
+    """Train from CONFIG.toml."""
+    from animegen.train.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except ConfigError as exc:
+        fail(str(exc))
+    from animegen.train.data import DataError
+    from animegen.train.trainer import NonFiniteLossError, train
+
+    try:
+        result = train(cfg, resume=resume, stop_at=stop_at)
+    except NonFiniteLossError as exc:
+        fail(str(exc), code=1)
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if not result.finished:
+        typer.echo(f"stopped after step {result.step}; continue with --resume")
+        return
+    for fmt, path in result.exported.items():
+        typer.echo(f"{fmt}: {path}")
+
+
+@app.command("init")
+def init_command(
+    preset: str = typer.Option(..., "--preset", help="character-ia3, character-lora-sdxl, style-lora, "
+                               "waifu-finetune or dashanime-two-stage"),
+    out: Path = typer.Option(..., "--out", help="Where to write the annotated config."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Write an annotated config for a preset recipe."""
+    from animegen.train.presets import preset_text
+
+    try:
+        text = preset_text(preset)
+    except ValueError as exc:
+        fail(str(exc))
+    if out.exists() and not force:
+        fail(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out} (preset {preset}); set model.base and data.datasets, then `animegen train {out}`")

@@ -99,8 +99,8 @@ def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             dst = ImageCms.createProfile("sRGB")
             return ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
-        except Exception:  # broken or unsupported profile: fall back to PIL's formula
-            pass
+        except (OSError, ValueError, ImageCms.PyCMSError):
+            return im.convert("RGB")  # broken or unsupported profile: PIL's formula
     return im.convert("RGB")
 
 
@@ -160,7 +160,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         raise ImageError(path, f"not an image ({_describe_content(path)})") from None
     except Image.DecompressionBombError as e:
         raise ImageError(path, f"too large (possible decompression bomb): {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             raise ImageError(path, f"truncated or incomplete image data ({msg})") from None
@@ -221,6 +221,17 @@ def perceptual_hash(image: Image.Image, hash_size: int = 8) -> str:
     import imagehash
 
     return str(imagehash.phash(image, hash_size=hash_size))
+
+
+def mean_color(image: Image.Image) -> str:
+    """Average colour as 6 hex digits: flat pictures share a perceptual hash whatever their colour."""
+    r, g, b = image.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
+    return f"{r:02x}{g:02x}{b:02x}"
+
+
+def color_distance(a: str, b: str) -> int:
+    """Largest per-channel difference between two `mean_color` values (0..255)."""
+    return max(abs(int(a[i:i + 2], 16) - int(b[i:i + 2], 16)) for i in (0, 2, 4))
 
 
 def hash_distance(a: str, b: str) -> int:

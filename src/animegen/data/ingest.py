@@ -7,10 +7,13 @@ bits of each other; the largest is kept). Re-running skips files already recorde
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +23,9 @@ from animegen.data.image_io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageError,
+    color_distance,
     hash_distance,
+    mean_color,
     perceptual_hash,
     read_image,
     sha256_file,
@@ -36,6 +41,8 @@ from animegen.data.manifest import (
 
 SIDECAR_EXTENSIONS = (".txt", ".caption", ".json")
 NEAR_DUPLICATES_REPORT = "near_duplicates.json"
+MAX_ASPECT_LOG_RATIO = 0.1  # ~10 % aspect difference: crops and letterboxing are different pictures
+MAX_COLOR_DIFF = 24  # per channel, 0..255
 
 
 @dataclass
@@ -118,6 +125,7 @@ def _examine(path: Path, stat: os.stat_result, sha: str, max_pixels: int) -> Man
     row.width, row.height = img.size
     row.format, row.mode, row.normalized = loaded.format, loaded.source_mode, loaded.normalized
     row.phash = perceptual_hash(img)
+    row.mean_color = mean_color(img)
     notes = []
     if loaded.extension_mismatch:
         notes.append(f"content is {loaded.format} despite the {path.suffix} extension")
@@ -128,8 +136,12 @@ def _examine(path: Path, stat: os.stat_result, sha: str, max_pixels: int) -> Man
     return row
 
 
-def find_near_duplicate_clusters(items: Sequence[tuple[str, str]], threshold: int) -> list[list[str]]:
+def find_near_duplicate_clusters(
+    items: Sequence[tuple[str, str]], threshold: int, accept: Callable[[str, str], bool] | None = None,
+) -> list[list[str]]:
     """Group keys whose hex hashes differ in <= `threshold` bits (transitively; single-link).
+
+    `accept(key_a, key_b)` can veto a pair (e.g. different aspect ratio or colour).
 
     Pigeonhole banding: split the hash into threshold+1 bands; two hashes within the threshold agree
     exactly on at least one band, so only keys sharing a band are compared (no O(n^2) scan).
@@ -158,7 +170,8 @@ def find_near_duplicate_clusters(items: Sequence[tuple[str, str]], threshold: in
             for a_idx in range(len(members)):
                 for b_idx in range(a_idx + 1, len(members)):
                     i, j = members[a_idx], members[b_idx]
-                    if find(i) != find(j) and (ints[i] ^ ints[j]).bit_count() <= threshold:
+                    if find(i) != find(j) and (ints[i] ^ ints[j]).bit_count() <= threshold and (
+                            accept is None or accept(items[i][0], items[j][0])):
                         parent[find(i)] = find(j)
     groups: dict[int, list[str]] = defaultdict(list)
     for i, (key, _) in enumerate(items):
@@ -170,8 +183,18 @@ def _update_near_duplicates(manifest: Manifest, threshold: int) -> list[list[str
     """Recompute near-duplicate clusters over all decoded rows; keep the largest image of each."""
     candidates = [r for r in manifest if r.status in (STATUS_OK, STATUS_NEAR_DUPLICATE) and r.phash]
     candidates.sort(key=lambda r: r.path)
-    clusters = find_near_duplicate_clusters([(r.path, r.phash) for r in candidates], threshold)
     by_path = {r.path: r for r in candidates}
+
+    def accept(a: str, b: str) -> bool:
+        """Same picture = similar aspect ratio and average colour too (flat images share a phash)."""
+        ra, rb = by_path[a], by_path[b]
+        if (ra.width and rb.width and ra.height and rb.height
+                and abs(math.log((ra.width / ra.height) / (rb.width / rb.height))) > MAX_ASPECT_LOG_RATIO):
+            return False
+        return not (ra.mean_color and rb.mean_color
+                    and color_distance(ra.mean_color, rb.mean_color) > MAX_COLOR_DIFF)
+
+    clusters = find_near_duplicate_clusters([(r.path, r.phash) for r in candidates], threshold, accept)
     ordered: list[list[str]] = []
     in_cluster: dict[str, tuple[int, str]] = {}
     for members in clusters:
@@ -198,59 +221,88 @@ def _update_near_duplicates(manifest: Manifest, threshold: int) -> list[list[str
     return ordered
 
 
+def _process(path: Path, stat: os.stat_result, old: ManifestRow | None, known: dict[str, str],
+             max_pixels: int) -> tuple[str, ManifestRow | None] | tuple[str, str]:
+    """Worker: hash the file, decode it only if its content is new. Returns (kind, payload)."""
+    try:
+        sha = sha256_file(path)
+    except OSError as e:
+        return "error", ManifestRow(path=str(path), status=STATUS_ERROR, reason=f"cannot read file: {e}")
+    if old is not None and old.sha256 == sha:
+        return "touched", sha
+    if known.get(sha, str(path)) != str(path):
+        return "duplicate", sha
+    return "examined", _examine(path, stat, sha, max_pixels)
+
+
 def ingest(
     sources: Sequence[str | Path],
     out: str | Path,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     near_duplicate_threshold: int = 4,
+    workers: int | None = None,
     progress: bool = True,
 ) -> IngestReport:
     """Scan `sources` into the dataset folder `out` (created if needed); resumable and incremental.
 
     `near_duplicate_threshold`: max perceptual-hash bit distance of near duplicates (-1 turns it off).
+    `workers`: decoding threads (PIL and hashlib release the GIL); rows are still written in scan order.
     """
     out = Path(out)
+    workers = workers or min(8, os.cpu_count() or 1)
     report = IngestReport()
     paths = scan_sources(sources, exclude=[out])
     report.scanned = len(paths)
     with Manifest(out, create=True) as manifest:
         by_sha: dict[str, str] = {}
         for r in manifest:
-            if r.sha256 and r.status != STATUS_ERROR and r.status != STATUS_DUPLICATE:
+            if r.sha256 and r.status not in (STATUS_ERROR, STATUS_DUPLICATE):
                 by_sha.setdefault(r.sha256, r.path)
-        for path in tqdm(paths, desc="ingest", unit="img", disable=not progress):
-            key = str(path)
+        todo: list[tuple[Path, os.stat_result, ManifestRow | None]] = []
+        for path in paths:
             try:
                 stat = path.stat()
             except OSError as e:
-                manifest.put(ManifestRow(path=key, status=STATUS_ERROR, reason=f"cannot read file: {e}"))
+                manifest.put(ManifestRow(path=str(path), status=STATUS_ERROR, reason=f"cannot read file: {e}"))
                 continue
-            old = manifest.rows.get(key)
+            old = manifest.rows.get(str(path))
             if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
-                report.skipped += 1
-                continue
-            try:
-                sha = sha256_file(path)
-            except OSError as e:
-                manifest.put(ManifestRow(path=key, status=STATUS_ERROR, reason=f"cannot read file: {e}"))
-                continue
-            if old is not None and old.sha256 == sha:  # touched but same content: nothing to redo
-                old.size, old.mtime_ns = stat.st_size, stat.st_mtime_ns
-                manifest.put(old)
-                report.skipped += 1
-                continue
-            kept = by_sha.get(sha)
-            if kept is not None and kept != key:
-                row = ManifestRow(path=key, sha256=sha, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                                  status=STATUS_DUPLICATE, duplicate_of=kept,
-                                  reason=f"exact duplicate of {kept}")
+                report.skipped += 1  # unchanged since it was recorded
             else:
-                row = _examine(path, stat, sha, max_pixels)
-                if row.status != STATUS_ERROR:
-                    by_sha[sha] = key
-            manifest.put(row)
-            report.added += 1
+                todo.append((path, stat, old))
+        bar = tqdm(total=len(paths), initial=report.skipped, desc="ingest", unit="img", disable=not progress)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            window: deque = deque()
+            items = iter(todo)
+            for item in itertools.islice(items, workers * 4):
+                window.append((item, pool.submit(_process, *item, by_sha, max_pixels)))
+            while window:
+                (path, stat, old), fut = window.popleft()
+                nxt = next(items, None)
+                if nxt is not None:
+                    window.append((nxt, pool.submit(_process, *nxt, by_sha, max_pixels)))
+                kind, payload = fut.result()
+                key = str(path)
+                bar.update(1)
+                if kind == "touched":  # same content, new mtime: nothing to redo
+                    old.size, old.mtime_ns = stat.st_size, stat.st_mtime_ns
+                    manifest.put(old)
+                    report.skipped += 1
+                    continue
+                sha = payload if kind == "duplicate" else payload.sha256
+                kept = by_sha.get(sha) if sha else None
+                if kind != "error" and kept is not None and kept != key:
+                    row = ManifestRow(path=key, sha256=sha, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                                      status=STATUS_DUPLICATE, duplicate_of=kept,
+                                      reason=f"exact duplicate of {kept}")
+                else:
+                    row = payload
+                    if row.status != STATUS_ERROR:
+                        by_sha[sha] = key
+                manifest.put(row)
+                report.added += 1
+        bar.close()
         report.clusters = _update_near_duplicates(manifest, near_duplicate_threshold)
         for r in manifest:
             if r.status == STATUS_ERROR:

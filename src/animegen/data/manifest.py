@@ -19,6 +19,7 @@ Row key: `path` (absolute source path). Columns (all JSON; absent values are nul
 | mode              | str              | ingest     | PIL mode before conversion to RGB (P, CMYK, I;16, RGBA, ...)    |
 | normalized        | bool             | ingest     | decoded pixels differ from the file (export re-encodes as PNG)  |
 | phash             | str              | ingest     | 64-bit DCT perceptual hash, hex                                 |
+| mean_color        | str              | ingest     | average colour as hex RGB (near-duplicate sanity check)         |
 | status            | str              | all        | ok / error / duplicate / near_duplicate / filtered              |
 | reason            | str              | all        | why a row is not ok (human readable)                            |
 | duplicate_of      | str              | ingest     | path of the kept image for (near) duplicates                    |
@@ -50,7 +51,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 MANIFEST_NAME = "manifest.jsonl"
 LOCK_NAME = ".manifest.lock"
@@ -76,6 +77,7 @@ class ManifestRow:
     mode: str | None = None
     normalized: bool | None = None
     phash: str | None = None
+    mean_color: str | None = None
     status: str = STATUS_OK
     reason: str | None = None
     duplicate_of: str | None = None
@@ -177,7 +179,7 @@ class Manifest:
                 f"no dataset manifest at {self.path}; run `animegen data ingest SRC --out {self.dir}` first"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.dir / LOCK_NAME, "w")
+        self._lock = open(self.dir / LOCK_NAME, "w")  # noqa: SIM115  (held until close())
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -185,7 +187,7 @@ class Manifest:
             raise RuntimeError(f"{self.dir} is in use by another animegen process; wait for it to finish") from None
         _repair_tail(self.path)
         self.rows: dict[str, ManifestRow] = read_rows(self.path)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (the append log, closed in close())
         self._dirty = 0
 
     # -- writing ---------------------------------------------------------------------------------------
@@ -207,12 +209,11 @@ class Manifest:
         self._fh.close()
         tmp = self.path.with_suffix(".jsonl.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            for row in self.rows.values():
-                f.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(row.to_dict(), ensure_ascii=False) + "\n" for row in self.rows.values())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._dirty = 0
 
     def close(self, *, compact: bool = True) -> None:
@@ -224,7 +225,7 @@ class Manifest:
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
 
-    def __enter__(self) -> Manifest:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

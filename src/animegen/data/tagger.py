@@ -105,7 +105,13 @@ def resolve_tagger_files(path_or_hub_id: str | Path) -> tuple[Path, Path]:
     from huggingface_hub import hf_hub_download
 
     repo = str(path_or_hub_id)
-    return Path(hf_hub_download(repo, TAGGER_FILES[0])), Path(hf_hub_download(repo, TAGGER_FILES[1]))
+    try:
+        return Path(hf_hub_download(repo, TAGGER_FILES[0])), Path(hf_hub_download(repo, TAGGER_FILES[1]))
+    except Exception as e:  # noqa: BLE001  (offline, unknown repo, gated ...: one message with the way out)
+        raise FileNotFoundError(
+            f"could not fetch tagger {repo!r} from the hub ({type(e).__name__}: {e}); "
+            "download model.onnx + selected_tags.csv into a folder and pass that folder"
+        ) from None
 
 
 class WD14Tagger:

@@ -132,8 +132,12 @@ def _hf_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def load_vae(vae: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool = False):
-    """A VAE override: a diffusers VAE folder (or a model folder with `vae/`), or a single VAE file."""
+def load_vae(vae: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool = False, family: str = "sd1"):
+    """A VAE override: a diffusers VAE folder (or a model folder with `vae/`), or a single VAE file.
+
+    `family` picks a single file's latent scaling factor (SD1/2: 0.18215, SDXL: 0.13025), which the
+    weights themselves cannot reveal.
+    """
     from diffusers import AutoencoderKL
 
     path = Path(vae).expanduser()
@@ -147,7 +151,7 @@ def load_vae(vae: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool = Fa
             refuse_pickle(path)
         from animegen.models.single_file import load_vae_file
 
-        return load_vae_file(path, allow_pickle=allow_pickle).to(dtype)
+        return load_vae_file(path, allow_pickle=allow_pickle, dtype=dtype, family=family)
     raise ModelLoadError(f"VAE {str(vae)!r} not found: give a VAE folder or a .safetensors VAE file")
 
 
@@ -171,12 +175,18 @@ def load_pipeline(model: str | os.PathLike, *, vae: str | os.PathLike | None = N
             raise ModelLoadError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors")
         from animegen.models.single_file import load_single_file
 
-        pipe = load_single_file(path, allow_pickle=allow_pickle, dtype=torch_dtype)
+        if vae is not None and not Path(vae).expanduser().exists():
+            raise ModelLoadError(f"VAE {str(vae)!r} not found: give a VAE folder or a .safetensors VAE file")
+        if vae is not None and Path(vae).suffix in PICKLE_SUFFIXES and not allow_pickle:
+            refuse_pickle(Path(vae))
+        # the VAE goes in at load time (with the checkpoint's family) so a VAE-less checkpoint still loads
+        pipe = load_single_file(path, allow_pickle=allow_pickle, dtype=torch_dtype, vae=vae)
+        vae = None
     else:
         pipe = _load_hub(source.location, torch_dtype)
     if vae is not None:
-        pipe.vae = load_vae(vae, torch_dtype, allow_pickle)
-        pipe.register_modules(vae=pipe.vae)
+        family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"
+        pipe.register_modules(vae=load_vae(vae, torch_dtype, allow_pickle, family=family))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

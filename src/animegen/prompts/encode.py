@@ -97,8 +97,9 @@ def tokenize_prompt(tokenizer, text: str, emphasis: str = "Original",
                     comma_backtrack: int = COMMA_BACKTRACK) -> list[PromptChunk]:
     """Split a prompt into 75-token chunks with A1111's comma back-tracking and `BREAK` handling."""
     parsed = parse_for_emphasis(text, emphasis)
-    ids_per_fragment = tokenizer([t for t, _ in parsed], add_special_tokens=False,
-                                 truncation=False)["input_ids"]
+    # verbose=False: the "longer than 77 tokens" warning does not apply, chunking handles any length
+    ids_per_fragment = tokenizer([t for t, _ in parsed], add_special_tokens=False, truncation=False,
+                                 verbose=False)["input_ids"]
     comma = tokenizer.get_vocab().get(",</w>")
 
     chunks: list[PromptChunk] = []
@@ -167,6 +168,20 @@ def apply_emphasis(z: torch.Tensor, weights: torch.Tensor, emphasis: str = "Orig
     return scaled.to(z.dtype)
 
 
+def final_layer_norm(text_encoder) -> torch.nn.Module:
+    """The encoder's final LayerNorm (transformers < 5 nests it under `.text_model`, 5.x does not)."""
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where the module's inputs must go; with CPU offloading that is the hook's device, not the weights'."""
+    try:
+        from diffusers.utils.torch_utils import get_module_execution_device
+    except ImportError:  # older diffusers: no offload-aware helper
+        return next(module.parameters()).device
+    return get_module_execution_device(module)
+
+
 def _hidden_states(text_encoder, ids: torch.Tensor, clip_skip: int, sdxl: bool):
     """The conditioning hidden states for A1111's `clip_skip`, plus the projected pooled output if any."""
     num_layers = text_encoder.config.num_hidden_layers
@@ -178,7 +193,7 @@ def _hidden_states(text_encoder, ids: torch.Tensor, clip_skip: int, sdxl: bool):
     if sdxl:
         z = out.hidden_states[-(clip_skip + 1)]
     else:
-        z = text_encoder.text_model.final_layer_norm(out.hidden_states[-clip_skip])
+        z = final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
     pooled = getattr(out, "text_embeds", None)
     return z, pooled
 
@@ -234,7 +249,7 @@ def encode_text(tokenizers, text_encoders, prompts: str | Sequence[str], clip_sk
                 chunk_ids, chunk_weights = _chunk_ids(tokenizer, chunk)
                 ids.append(chunk_ids)
                 weights.append(chunk_weights)
-        device = encoder.device
+        device = execution_device(encoder)
         z, chunk_pooled = _hidden_states(encoder, torch.tensor(ids, device=device), clip_skip,
                                          sdxl=arch == "sdxl")
         z = apply_emphasis(z, torch.tensor(weights, device=device), emphasis)
@@ -268,20 +283,33 @@ def pipeline_text_modules(pipe) -> tuple[list, list, str]:
 
 
 def encode_prompts(pipe, prompt: str | list[str], negative: str | list[str], clip_skip: int = 1,
-                   emphasis: str = "Original") -> ConditioningPair:
+                   emphasis: str = "Original", *, zero_empty_negative: bool | None = None) -> ConditioningPair:
     """A1111-style conditioning for a diffusers SD1 / SDXL pipeline; pass `.as_pipeline_kwargs()` to it.
 
-    Positive and negative prompts are padded to the same number of 77-token chunks with empty chunks.
+    Positive and negative prompts are padded to the same number of 77-token chunks with empty chunks
+    (the encoding of "", as A1111's "pad prompt/negative prompt" option does). On SDXL an empty negative
+    prompt gives zeros instead of the encoding of "" (A1111's behaviour and diffusers'
+    `force_zeros_for_empty_prompt`); `zero_empty_negative` overrides that (default: the pipeline's
+    `force_zeros_for_empty_prompt`, true for SDXL base models; never for SD1).
     """
     prompts, negatives = _as_batch(prompt, negative)
     tokenizers, encoders, arch = pipeline_text_modules(pipe)
     with torch.no_grad():
         both = encode_text(tokenizers, encoders, prompts + negatives, clip_skip, emphasis, arch=arch)
     n = len(prompts)
-    pooled = both.pooled
+    embeds, pooled = both.embeds, both.pooled
+    if zero_empty_negative is None:
+        config = getattr(pipe, "config", {})
+        zero_empty_negative = arch == "sdxl" and bool(config.get("force_zeros_for_empty_prompt", True))
+    empty = [n + i for i, text in enumerate(negatives) if text == ""]
+    if zero_empty_negative and empty:
+        embeds, pooled = embeds.clone(), None if pooled is None else pooled.clone()
+        embeds[empty, : CHUNK_LENGTH + 2] = 0  # "" is one chunk; padding chunks stay the encoded ""
+        if pooled is not None:
+            pooled[empty] = 0
     return ConditioningPair(
-        prompt_embeds=both.embeds[:n],
-        negative_prompt_embeds=both.embeds[n:],
+        prompt_embeds=embeds[:n],
+        negative_prompt_embeds=embeds[n:],
         pooled_prompt_embeds=None if pooled is None else pooled[:n],
         negative_pooled_prompt_embeds=None if pooled is None else pooled[n:],
     )

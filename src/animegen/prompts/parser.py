@@ -37,7 +37,7 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.DOTALL)
 
 
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:

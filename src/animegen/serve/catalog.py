@@ -88,17 +88,27 @@ def short_hash(path: Path) -> str:
     return digest.hexdigest()[:10]
 
 
-def _walk_inside(root: Path):
-    """Yield (relative posix name, real path) for files/dirs under `root` that really live inside it."""
+def _walk_inside(root: Path, *, descend=lambda real: True):
+    """Yield (relative posix name, real path) for files/dirs under `root` that really live inside it.
+
+    Directories for which `descend(real_path)` is False are yielded but not entered.
+    """
     real_root = Path(os.path.realpath(root))
     for dirpath, dirnames, filenames in os.walk(real_root, followlinks=False):
+        keep = []
         for entry in sorted(dirnames) + sorted(filenames):
             full = Path(dirpath) / entry
             real = Path(os.path.realpath(full))
             if not real.is_relative_to(real_root):
                 continue  # a symlink escaping the folder is not offered
             yield full.relative_to(real_root).as_posix(), real
-        dirnames.sort()
+            if entry in dirnames and not full.is_symlink() and descend(real):
+                keep.append(entry)
+        dirnames[:] = keep
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file()
 
 
 class Catalog:
@@ -133,11 +143,11 @@ class Catalog:
         found.append(CheckpointEntry(start.name, start.path, self._hashes.get(start_real)))
         seen.add(start_real)
         if self.model_dir is not None and self.model_dir.is_dir():
-            for name, real in _walk_inside(self.model_dir):
+            for name, real in _walk_inside(self.model_dir, descend=lambda d: not _is_diffusers_folder(d)):
                 if real in seen:
                     continue
                 is_file = real.is_file() and real.suffix in SAFE_WEIGHT_SUFFIXES
-                is_diffusers = real.is_dir() and (real / "model_index.json").is_file()
+                is_diffusers = _is_diffusers_folder(real)
                 if is_file or is_diffusers:
                     seen.add(real)
                     found.append(CheckpointEntry(name, real, self._hashes.get(real)))

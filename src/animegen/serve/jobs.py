@@ -94,9 +94,9 @@ class JobQueue:
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, job: Job) -> Future:
         """Enqueue `job` (FIFO) and return its future; raises QueueFullError / ServerClosedError."""
-        if self._stop.is_set():
-            raise ServerClosedError("the server is shutting down")
-        with self._lock:
+        with self._lock:  # same lock as close(): no job can slip in after the final drain
+            if self._stop.is_set():
+                raise ServerClosedError("the server is shutting down")
             job.id = next(self._ids)
             try:
                 self._queue.put_nowait(job)
@@ -144,8 +144,8 @@ class JobQueue:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker after the running job; waiting jobs fail with ServerClosedError."""
-        self._stop.set()
         with self._lock:
+            self._stop.set()
             if self._current is not None:
                 self._current.interrupt.set()
         self._thread.join(timeout)

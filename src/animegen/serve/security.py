@@ -90,29 +90,30 @@ class BodySizeLimitMiddleware:
 
         received = 0
         started = False
+        rejected = False
 
         async def limited_receive():
-            nonlocal received
+            # Past the limit: answer 413 ourselves and tell the app the client left, so it stops reading.
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             event = await receive()
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    rejected = True
+                    if not started:
+                        await _send_json(send, 413, message)
+                    return {"type": "http.disconnect"}
             return event
 
         async def tracking_send(event):
             nonlocal started
+            if rejected:
+                return  # the 413 is already the answer; drop whatever the app says afterwards
             if event["type"] == "http.response.start":
                 started = True
             await send(event)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_json(send, 413, message)
+        await self.app(scope, limited_receive, tracking_send)
         return None
-
-
-class _BodyTooLarge(Exception):
-    pass

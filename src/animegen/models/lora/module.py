@@ -61,6 +61,8 @@ class LoraModule:
             raise LoraFormatError(f"{self.target}: tensors {sorted(self.tensors)} are {detected}, not {self.kind}")
         if "dora_scale" in self.tensors:
             raise LoraFormatError(f"{self.target}: DoRA (dora_scale) LoRAs are not supported yet")
+        if self.kind == "ia3" and "on_input" not in self.tensors:  # LyCORIS default: scale outputs
+            self.tensors = {**self.tensors, "on_input": torch.tensor(False)}
         self.alpha = _float32(self.alpha)
 
     @property

@@ -219,3 +219,23 @@ def split_target(target: str) -> tuple[str, str]:
     if component not in COMPONENTS or not path:
         raise ValueError(f"target {target!r} must start with one of {COMPONENTS}")
     return component, path
+
+
+_CLIP_ROOTS = ("encoder.", "embeddings.", "final_layer_norm")
+
+
+def canonical_target(target: str) -> str:
+    """Name CLIP text-encoder modules with the ``text_model.`` level, as kohya files and older
+    transformers do (transformers 5 flattened it out of `CLIPTextModel`)."""
+    component, _, path = target.partition(".")
+    if component in ("text_encoder", "text_encoder_2") and path.startswith(_CLIP_ROOTS):
+        return f"{component}.text_model.{path}"
+    return target
+
+
+def module_path_candidates(component_module, path: str) -> list[str]:
+    """Paths to try inside a component: the canonical one, then without ``text_model.`` for
+    text encoders whose class has no such level (transformers >= 5 `CLIPTextModel`)."""
+    if path.startswith("text_model.") and not hasattr(component_module, "text_model"):
+        return [path.removeprefix("text_model.")]
+    return [path]

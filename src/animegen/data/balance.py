@@ -1,0 +1,216 @@
+"""`animegen data balance`: one bucket per image by tag rules; weights that pull buckets toward the median.
+
+DashAnime's observation: a scraped anime set is dominated by "1girl"; re-weighting tag-group buckets toward
+the median bucket size lets the long tail (boys, animals, objects, scenery) be learned. Rules are evaluated
+in order and the first match wins, so every image lands in exactly one bucket (the fallback catches the
+rest). A bucket of n images gets weight (median / n) ** strength, clipped to [min_weight, max_weight].
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tomllib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from animegen.data.manifest import Manifest, ManifestRow
+
+GIRLS = ["1girl", "2girls", "3girls", "4girls", "5girls", "6+girls", "multiple girls"]
+BOYS = ["1boy", "2boys", "3boys", "4boys", "5boys", "6+boys", "multiple boys"]
+HUMANS = GIRLS + BOYS + ["1other", "2others", "3others", "multiple others", "solo"]
+EMOTIONS = [
+    "smile", "grin", "light smile", "evil smile", "smirk", "smug", "laughing", "happy", ":d", ":)", ";d",
+    "crying", "crying with eyes open", "tears", "tearing up", "sad", "angry", "annoyed", "frown", "pout",
+    "blush", "embarrassed", "nervous", "surprised", "scared", "disgust", "serious", "sleepy", "wavy mouth",
+    ">_<", ":o", "shaded face", "furrowed brow", "despair", "expressionless",
+]
+ANIMALS = [
+    "animal", "animal focus", "cat", "dog", "bird", "fish", "horse", "rabbit", "fox", "wolf", "bear",
+    "dragon", "pokemon (creature)", "butterfly", "insect", "cow", "pig", "snake", "duck", "penguin",
+]
+OBJECTS = [
+    "food", "food focus", "still life", "flower", "weapon", "sword", "gun", "vehicle focus", "car",
+    "motor vehicle", "building", "book", "cup", "fruit", "cake", "bottle", "instrument", "robot", "mecha",
+]
+
+
+@dataclass
+class BucketRule:
+    """An image matches when it has every `all` tag, at least one `any` tag (if listed), no `none` tag."""
+
+    name: str
+    all: list[str] = field(default_factory=list)
+    any: list[str] = field(default_factory=list)
+    none: list[str] = field(default_factory=list)
+
+    def matches(self, tags: set[str]) -> bool:
+        return (all(t in tags for t in self.all) and (not self.any or any(t in tags for t in self.any))
+                and not any(t in tags for t in self.none))
+
+
+def default_rules() -> list[BucketRule]:
+    """DashAnime's buckets, in priority order."""
+    return [
+        BucketRule("1girl_emotion", all=["1girl"], any=EMOTIONS, none=BOYS),
+        BucketRule("1girl", all=["1girl"], none=BOYS),
+        BucketRule("1boy_emotion", all=["1boy"], any=EMOTIONS, none=GIRLS),
+        BucketRule("1boy", all=["1boy"], none=GIRLS),
+        BucketRule("multiple_girls", any=GIRLS[1:], none=BOYS),
+        BucketRule("multiple_boys", any=BOYS[1:], none=GIRLS),
+        BucketRule("animal", any=ANIMALS, none=HUMANS),
+        BucketRule("object", all=["no humans"], any=OBJECTS),
+        BucketRule("no_humans", all=["no humans"]),
+    ]
+
+
+DEFAULT_FALLBACK = "other"
+
+
+def load_rules(path: str | Path) -> tuple[list[BucketRule], str]:
+    """Rules TOML: `fallback = "other"` and `[[buckets]]` tables with name / all / any / none."""
+    from animegen.prompts.tags import normalize_tag
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    unknown = set(data) - {"buckets", "fallback"}
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; valid: buckets, fallback")
+    rules = []
+    for i, b in enumerate(data.get("buckets", [])):
+        bad = set(b) - {"name", "all", "any", "none"}
+        if bad or "name" not in b:
+            raise ValueError(f"{path}: bucket #{i + 1} needs `name` and only all/any/none lists (got {sorted(b)})")
+        rules.append(BucketRule(str(b["name"]), *[[normalize_tag(t) for t in b.get(k, [])]
+                                                    for k in ("all", "any", "none")]))
+    if not rules:
+        raise ValueError(f"{path}: no [[buckets]] defined")
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: duplicate bucket names {names}")
+    return rules, str(data.get("fallback", DEFAULT_FALLBACK))
+
+
+def row_tags(row: ManifestRow) -> set[str]:
+    tags = set(row.all_tags)
+    if not tags and row.source_caption:
+        from animegen.prompts.tags import normalize_tag, split_tags
+
+        tags = {normalize_tag(t) for t in split_tags(row.source_caption)}
+    return tags
+
+
+def assign_bucket(tags: set[str], rules: Sequence[BucketRule], fallback: str = DEFAULT_FALLBACK) -> str:
+    """First matching rule's name, else `fallback`: exactly one bucket per image."""
+    return next((r.name for r in rules if r.matches(tags)), fallback)
+
+
+def bucket_weights(counts: dict[str, int], *, strength: float = 1.0, min_weight: float = 0.1,
+                   max_weight: float = 10.0) -> dict[str, float]:
+    """Per-image weight per bucket: (median size / bucket size) ** strength, clipped (empty buckets: 0)."""
+    sizes = [n for n in counts.values() if n > 0]
+    if not sizes:
+        return {k: 0.0 for k in counts}
+    median = float(np.median(sizes))
+    return {k: (float(np.clip((median / n) ** strength, min_weight, max_weight)) if n > 0 else 0.0)
+            for k, n in counts.items()}
+
+
+def resample_repeats(weights: Sequence[float], target: int, seed: int = 0) -> list[int]:
+    """Integer repeats summing to `target`, proportional to weights (largest remainder, seeded tie-break)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if target < 0 or w.sum() <= 0:
+        raise ValueError("resample needs a target >= 0 and at least one positive weight")
+    expected = w * target / w.sum()
+    base = np.floor(expected).astype(np.int64)
+    left = target - int(base.sum())
+    order = list(range(len(w)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: -(expected[i] - base[i]))  # stable: ties keep the shuffled order
+    for i in order[:left]:
+        base[i] += 1
+    return base.tolist()
+
+
+@dataclass
+class BucketStat:
+    name: str
+    images: int
+    weight: float
+    after: float  # effective size after weighting (or resampled count)
+
+
+@dataclass
+class BalanceReport:
+    buckets: list[BucketStat]
+    median: float
+    chart: str | None = None
+
+
+def plot_balance(stats: Sequence[BucketStat], path: str | Path, title: str = "bucket sizes") -> Path:
+    """Grouped bar chart before / after (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s.name for s in stats]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.9), 4))
+    ax.bar(x - 0.2, [s.images for s in stats], 0.4, label="before")
+    ax.bar(x + 0.2, [s.after for s in stats], 0.4, label="after")
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def balance_dataset(
+    dataset: str | Path,
+    *,
+    rules: Sequence[BucketRule] | None = None,
+    fallback: str = DEFAULT_FALLBACK,
+    strength: float = 1.0,
+    min_weight: float = 0.1,
+    max_weight: float = 10.0,
+    target_size: int | None = None,
+    seed: int = 0,
+    chart: bool = True,
+) -> BalanceReport:
+    """Assign buckets, weights (and repeats with `target_size`) to every ok row; writes balance.json/.png."""
+    if strength < 0 or min_weight < 0 or max_weight < min_weight:
+        raise ValueError("need strength >= 0 and 0 <= min_weight <= max_weight")
+    rules = list(rules) if rules is not None else default_rules()
+    order = [r.name for r in rules] + ([fallback] if fallback not in {r.name for r in rules} else [])
+    with Manifest(dataset) as manifest:
+        rows = manifest.ok_rows()
+        buckets = {r.path: assign_bucket(row_tags(r), rules, fallback) for r in rows}
+        counts = {name: 0 for name in order}
+        for b in buckets.values():
+            counts[b] += 1
+        weights = bucket_weights(counts, strength=strength, min_weight=min_weight, max_weight=max_weight)
+        repeats = resample_repeats([weights[buckets[r.path]] for r in rows], target_size, seed) \
+            if target_size is not None and rows else None
+        after = {name: 0.0 for name in order}
+        for i, r in enumerate(rows):
+            b = buckets[r.path]
+            new = (b, round(weights[b], 6), repeats[i] if repeats is not None else None)
+            after[b] += new[2] if repeats is not None else new[1]
+            if (r.bucket, r.weight, r.repeats) != new:
+                r.bucket, r.weight, r.repeats = new
+                manifest.put(r)
+        sizes = [n for n in counts.values() if n]
+        stats = [BucketStat(n, counts[n], weights[n], round(after[n], 3)) for n in order]
+        report = BalanceReport(stats, float(np.median(sizes)) if sizes else 0.0)
+        if chart and rows:
+            report.chart = str(plot_balance(stats, Path(dataset) / "balance.png"))
+        (Path(dataset) / "balance.json").write_text(json.dumps(asdict(report), indent=2))
+    return report

@@ -1,0 +1,155 @@
+"""`animegen data export`: a kohya-ss folder (image + .txt) or size-bounded WebDataset tar shards.
+
+Images whose bytes are already a clean RGB JPEG/PNG are copied byte for byte; anything ingest had to
+normalise (CMYK, palette, alpha, 16-bit, EXIF rotation, animation, other formats) is written as the
+normalised PNG, so the trainer never sees what `open_image` would have rejected or converted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from animegen.data.image_io import DEFAULT_MAX_PIXELS, ImageError, open_image
+from animegen.data.manifest import ManifestRow, load_manifest
+
+_COPY_FORMATS = {"JPEG": ("jpg", ".jpg"), "PNG": ("png", ".png")}
+WDS_INDEX = "index.json"
+
+
+@dataclass
+class ExportReport:
+    written: int
+    skipped: int
+    failed: list[tuple[str, str]]
+    shards: list[str]
+
+
+def row_caption(row: ManifestRow) -> str:
+    """The text that goes with an image: `caption`, else its tags, else the sidecar caption."""
+    if row.caption:
+        return row.caption
+    if row.all_tags:
+        return ", ".join(row.all_tags)
+    return row.source_caption or ""
+
+
+def image_payload(row: ManifestRow, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, bytes]:
+    """(wds key `jpg`|`png`, bytes) for a row: original bytes when clean, else a normalised PNG."""
+    if not row.normalized and row.format in _COPY_FORMATS:
+        return _COPY_FORMATS[row.format][0], Path(row.path).read_bytes()
+    img = open_image(row.path, max_pixels=max_pixels)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "png", buf.getvalue()
+
+
+def _export_rows(dataset: str | Path) -> list[ManifestRow]:
+    rows = [r for r in load_manifest(dataset) if r.ok]
+    rows.sort(key=lambda r: r.path)
+    return rows
+
+
+def _safe_name(row: ManifestRow) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(row.path).stem)[:80]
+    return f"{stem}_{(row.sha256 or '')[:10]}"
+
+
+def export_kohya(dataset: str | Path, out: str | Path, *, progress: bool = True) -> ExportReport:
+    """`OUT/{repeats}_{bucket}/NAME.{jpg,png}` + `NAME.txt` (kohya's DreamBooth-style folder layout).
+
+    Resumable: images already exported (same name) are not rewritten; captions always are.
+    """
+    out = Path(out)
+    written = skipped = 0
+    failed: list[tuple[str, str]] = []
+    for row in tqdm(_export_rows(dataset), desc="export kohya", unit="img", disable=not progress):
+        repeats = 1 if row.repeats is None else row.repeats
+        if repeats <= 0:
+            skipped += 1
+            continue
+        folder = out / f"{repeats}_{row.bucket or 'data'}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = _safe_name(row)
+        ext = _COPY_FORMATS[row.format][1] if (not row.normalized and row.format in _COPY_FORMATS) else ".png"
+        target = folder / (name + ext)
+        try:
+            if not target.exists():
+                _, data = image_payload(row)
+                tmp = target.with_suffix(target.suffix + ".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+                written += 1
+            else:
+                skipped += 1
+        except (ImageError, OSError) as e:
+            failed.append((row.path, getattr(e, "reason", str(e))))
+            continue
+        (folder / (name + ".txt")).write_text(row_caption(row), encoding="utf-8")
+    return ExportReport(written, skipped, failed, [])
+
+
+def export_webdataset(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    shard_size_mb: float = 1000.0,
+    shard_max_count: int = 100_000,
+    seed: int = 0,
+    progress: bool = True,
+) -> ExportReport:
+    """Tar shards `OUT/shard-000000.tar` ... of at most `shard_size_mb` MB / `shard_max_count` samples.
+
+    Each sample: `__key__`, `jpg` or `png`, `txt` (caption), `json` (tags, rating, scores, bucket, weight,
+    size, sha256). Rows with `repeats` > 1 are written that many times (distinct keys); order is shuffled
+    with `seed` so consecutive samples are not from one source folder. OUT/index.json lists the shards.
+    """
+    import webdataset as wds
+
+    if shard_size_mb <= 0 or shard_max_count < 1:
+        raise ValueError("shard_size_mb must be > 0 and shard_max_count >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("shard-*.tar"):
+        old.unlink()  # a previous (possibly killed) export: start over, shards are cheap to rewrite
+    items: list[tuple[ManifestRow, int]] = []
+    for row in _export_rows(dataset):
+        items.extend((row, k) for k in range(1 if row.repeats is None else row.repeats))
+    random.Random(seed).shuffle(items)
+    written = 0
+    failed: list[tuple[str, str]] = []
+    pattern = str(out / "shard-%06d.tar")
+    with wds.ShardWriter(pattern, maxcount=shard_max_count, maxsize=shard_size_mb * 1e6, verbose=0) as sink:
+        for row, k in tqdm(items, desc="export wds", unit="sample", disable=not progress):
+            try:
+                key, data = image_payload(row)
+            except (ImageError, OSError) as e:
+                failed.append((row.path, getattr(e, "reason", str(e))))
+                continue
+            meta = {
+                "path": row.path, "sha256": row.sha256, "width": row.width, "height": row.height,
+                "tags": row.tags, "character_tags": row.character_tags, "rating": row.rating,
+                "aesthetic_score": row.aesthetic_score, "aesthetic_tag": row.aesthetic_tag,
+                "quality_tag": row.quality_tag, "bucket": row.bucket, "weight": row.weight,
+            }
+            sink.write({"__key__": f"{(row.sha256 or _safe_name(row))[:16]}_{k}", key: data,
+                        "txt": row_caption(row), "json": meta})
+            written += 1
+    shards = sorted(p.name for p in out.glob("shard-*.tar"))
+    (out / WDS_INDEX).write_text(json.dumps({"shards": shards, "samples": written}, indent=2))
+    return ExportReport(written, 0, failed, shards)
+
+
+def export_dataset(dataset: str | Path, out: str | Path, *, format: str = "kohya", **kwargs) -> ExportReport:
+    if format == "kohya":
+        return export_kohya(dataset, out, **{k: v for k, v in kwargs.items() if k == "progress"})
+    if format == "wds":
+        return export_webdataset(dataset, out, **kwargs)
+    raise ValueError(f"unknown export format {format!r}; use kohya or wds")
+

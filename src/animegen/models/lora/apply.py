@@ -1,0 +1,111 @@
+"""Merging LoRAs into a pipeline's weights, A1111 style, and undoing it bit-exactly.
+
+W ← W + Σᵢ mᵢ·ΔWᵢ, summed in float32 and cast back once, so the result is linear in each
+multiplier and m = 0 leaves a layer untouched. The original tensors are kept (per pipeline) so
+`remove_loras` restores them exactly and every `apply_loras` call starts from the base weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from animegen.models.lora.formats import read_lora
+from animegen.models.lora.module import LoraFile, LoraFormatError
+from animegen.models.lora.names import module_path_candidates, split_target
+
+_BACKUP_ATTR = "_animegen_lora_backup"
+
+
+class LoraTargetError(LoraFormatError):
+    """LoRA modules that name layers the model does not have (wrong base model family?)."""
+
+
+def _backup(pipe) -> dict[int, tuple[torch.nn.Parameter, torch.Tensor]]:
+    backup = pipe.__dict__.get(_BACKUP_ATTR)
+    if backup is None:
+        backup = {}
+        object.__setattr__(pipe, _BACKUP_ATTR, backup)
+    return backup
+
+
+def _resolve(pipe, target: str) -> torch.nn.Module | None:
+    component, path = split_target(target)
+    root = getattr(pipe, component, None)
+    if not isinstance(root, torch.nn.Module):
+        return None
+    for candidate in module_path_candidates(root, path):
+        try:
+            module = root.get_submodule(candidate)
+        except AttributeError:
+            continue
+        if isinstance(getattr(module, "weight", None), torch.Tensor):
+            return module
+    return None
+
+
+def _as_lora_file(item) -> LoraFile:
+    return item if isinstance(item, LoraFile) else read_lora(Path(item))
+
+
+def apply_loras(pipe, loras: Iterable[tuple[LoraFile | str | Path, float]], *, progress: bool = False) -> int:
+    """Merge ``multiplier * ΔW`` of every (LoraFile or path, multiplier) into `pipe`'s weights.
+
+    Any LoRA already merged by this function is removed first, so calls do not stack. Raises
+    `LoraTargetError` listing every module no component of `pipe` has (nothing is changed then).
+    Returns the number of layers changed.
+    """
+    remove_loras(pipe)
+    loaded: Sequence[tuple[LoraFile, float]] = [(_as_lora_file(lf), float(m)) for lf, m in loras]
+    missing = sorted({t for lf, _ in loaded for t in lf.modules if _resolve(pipe, t) is None})
+    if missing:
+        shown = ", ".join(missing[:20]) + (f" … and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise LoraTargetError(
+            f"{len(missing)} LoRA module(s) match no layer of this model (is the LoRA for another "
+            f"base model, e.g. SD1.x vs SDXL?): {shown}")
+
+    # Sum the deltas per layer first (float32) so several LoRAs on one layer cast only once.
+    deltas: dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]] = {}
+    work = [(lf.modules[t], m) for lf, m in loaded if m != 0.0 for t in lf.modules]
+    with torch.no_grad():
+        for module, multiplier in tqdm(work, desc="merging LoRA", disable=not progress, unit="layer"):
+            layer = _resolve(pipe, module.target)
+            dw = module.delta_weight(layer.weight.detach().to("cpu") if module.kind == "ia3" else layer.weight)
+            dw = dw.to(layer.weight.device) * multiplier
+            bias = getattr(layer, "bias", None)
+            db = module.delta_bias(bias if isinstance(bias, torch.Tensor) else None)
+            db = None if db is None else db.to(layer.weight.device) * multiplier
+            if module.target in deltas:
+                _, prev_w, prev_b = deltas[module.target]
+                dw = prev_w + dw
+                db = prev_b if db is None else (db if prev_b is None else prev_b + db)
+            deltas[module.target] = (layer, dw, db)
+
+        backup = _backup(pipe)
+        for layer, dw, db in deltas.values():
+            for param, d in ((layer.weight, dw), (getattr(layer, "bias", None), db)):
+                if d is None:
+                    continue
+                if id(param) not in backup:
+                    backup[id(param)] = (param, param.detach().to("cpu", copy=True))
+                param.copy_((param.float() + d).to(param.dtype))
+    return len(deltas)
+
+
+def remove_loras(pipe) -> int:
+    """Restore every weight changed by `apply_loras` bit-exactly; returns how many were restored."""
+    backup = pipe.__dict__.get(_BACKUP_ATTR) or {}
+    with torch.no_grad():
+        for param, original in backup.values():
+            param.copy_(original)
+    restored = len(backup)
+    backup.clear()
+    return restored
+
+
+def applied_lora_count(pipe) -> int:
+    """How many tensors of `pipe` currently hold merged LoRA weights."""
+    return len(pipe.__dict__.get(_BACKUP_ATTR) or {})

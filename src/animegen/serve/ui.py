@@ -1,0 +1,234 @@
+"""The Gradio web UI: txt2img, img2img and PNG Info tabs, running on the same job queue as the API.
+
+Every UI action goes through `ServeService.build_request` and the shared queue, so the UI obeys the
+same limits and LoRA folder rules as the REST API and never runs concurrently with API jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import gradio as gr
+
+from animegen.generate import SAMPLERS, parse_infotext, read_png_infotext, request_from_infotext
+from animegen.serve.codec import to_rgb
+from animegen.serve.jobs import QueueFullError, ServerClosedError
+from animegen.serve.service import RequestError, ServeService
+
+
+def _wait(future: Future, service: ServeService, progress: gr.Progress):
+    """Block until the job is done, mirroring the worker's step counter into Gradio's progress bar."""
+    while True:
+        try:
+            return future.result(timeout=0.25)
+        except TimeoutError:
+            snap = service.queue.snapshot()
+            if snap.sampling_steps:
+                progress((snap.sampling_step, snap.sampling_steps), desc="sampling", unit="steps")
+            else:
+                progress(None, desc=f"queued ({snap.queued} waiting)")
+
+
+def _run(service: ServeService, label: str, progress: gr.Progress, **fields) -> tuple[list, list[str]]:
+    """Validate, queue and wait; user errors become `gr.Error` pop-ups instead of tracebacks."""
+    try:
+        request = service.build_request(**fields)
+        future = service.submit(request, label=label)
+    except RequestError as exc:
+        raise gr.Error(f"{exc.field}: {exc.message}") from None
+    except (QueueFullError, ServerClosedError) as exc:
+        raise gr.Error(str(exc)) from None
+    try:
+        result = _wait(future, service, progress)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    gallery = [(im.image, im.infotext) for im in result.images]
+    return gallery, [im.infotext for im in result.images]
+
+
+def _preset_names() -> list[str]:
+    from animegen.prompts.presets import list_presets
+
+    return [p.name for p in list_presets()]
+
+
+def _preset_defaults(name: str, sampler, steps, cfg, width, height, negative):
+    """When a preset is picked, adopt its sampler/steps/CFG/size/negative (the user can still edit)."""
+    from animegen.prompts.presets import get_preset
+
+    try:
+        preset = get_preset(name)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    return (preset.sampler or sampler, preset.steps or steps, preset.cfg_scale or cfg,
+            preset.width or width, preset.height or height, preset.negative or negative)
+
+
+def _add_lora(prompt: str, name: str | None, weight: float) -> str:
+    if not name:
+        raise gr.Error("pick a LoRA first")
+    tag = f"<lora:{name}:{weight:g}>"
+    return f"{prompt.rstrip()} {tag}".strip()
+
+
+def _selected_infotext(infotexts: list[str], evt: gr.SelectData) -> tuple[str, int]:
+    index = evt.index if isinstance(evt.index, int) else 0
+    return (infotexts[index] if 0 <= index < len(infotexts) else ""), index
+
+
+def build_ui(service: ServeService) -> gr.Blocks:
+    """The Blocks app `create_app` mounts at `/`."""
+    lim = service.limits
+    lora_names = [entry.name for entry in service.catalog.loras()]
+    samplers = list(SAMPLERS)
+
+    with gr.Blocks(title="animegen") as demo:
+        gr.Markdown("## animegen — anime image generation")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            # ---------------------------------------------------------------- txt2img
+            with gr.Tab("txt2img", id="txt2img"):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt")
+                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_negative")
+                with gr.Row():
+                    preset = gr.Dropdown(_preset_names(), value="none", label="Preset", elem_id="txt2img_preset")
+                    sampler = gr.Dropdown(samplers, value="Euler a", label="Sampler", elem_id="txt2img_sampler")
+                    steps = gr.Slider(1, lim.max_steps, value=20, step=1, label="Steps", elem_id="txt2img_steps")
+                    cfg = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale", elem_id="txt2img_cfg")
+                with gr.Row():
+                    width = gr.Slider(64, lim.max_width, value=512, step=8, label="Width", elem_id="txt2img_width")
+                    height = gr.Slider(64, lim.max_height, value=512, step=8, label="Height",
+                                       elem_id="txt2img_height")
+                    seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="txt2img_seed")
+                    count = gr.Slider(1, lim.max_images, value=1, step=1, label="Images", elem_id="txt2img_count")
+                with gr.Row():
+                    lora = gr.Dropdown(lora_names, value=None, label="LoRA", elem_id="txt2img_lora")
+                    lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight",
+                                            elem_id="txt2img_lora_weight")
+                    add_lora = gr.Button("Add LoRA to prompt", elem_id="txt2img_add_lora")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+                    interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+                gallery = gr.Gallery(label="Images", format="png", columns=2, elem_id="txt2img_gallery")
+                infotext = gr.Textbox(label="Infotext of the selected image", lines=4, interactive=False,
+                                      elem_id="txt2img_infotext")
+                send_to_img2img = gr.Button("Send to img2img", elem_id="txt2img_send_to_img2img")
+                infotexts = gr.State([])
+                selected = gr.State(0)
+
+            # ---------------------------------------------------------------- img2img
+            with gr.Tab("img2img", id="img2img"):
+                init_image = gr.Image(type="pil", label="Init image", elem_id="img2img_init")
+                prompt2 = gr.Textbox(label="Prompt", lines=3, elem_id="img2img_prompt")
+                negative2 = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img_negative")
+                with gr.Row():
+                    sampler2 = gr.Dropdown(samplers, value="Euler a", label="Sampler")
+                    steps2 = gr.Slider(1, lim.max_steps, value=20, step=1, label="Steps")
+                    cfg2 = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
+                    strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength")
+                with gr.Row():
+                    width2 = gr.Slider(64, lim.max_width, value=512, step=8, label="Width")
+                    height2 = gr.Slider(64, lim.max_height, value=512, step=8, label="Height")
+                    seed2 = gr.Number(-1, precision=0, label="Seed (-1: random)")
+                generate2 = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
+                gallery2 = gr.Gallery(label="Images", format="png", columns=2, elem_id="img2img_gallery")
+                infotext2 = gr.Textbox(label="Infotext", lines=4, interactive=False, elem_id="img2img_infotext")
+
+            # ---------------------------------------------------------------- PNG Info
+            with gr.Tab("PNG Info", id="pnginfo"):
+                png_file = gr.File(label="PNG file", file_types=[".png"], type="filepath", elem_id="pnginfo_file")
+                png_text = gr.Textbox(label="Parameters", lines=5, interactive=False, elem_id="pnginfo_text")
+                png_fields = gr.JSON(label="Parsed")
+                with gr.Row():
+                    send_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
+                    rerun = gr.Button("Re-run", variant="primary", elem_id="pnginfo_rerun")
+
+        # -------------------------------------------------------------------- events
+        txt2img_inputs = [prompt, negative, preset, sampler, steps, cfg, width, height, seed, count]
+
+        def run_txt2img(prompt_, negative_, preset_, sampler_, steps_, cfg_, width_, height_, seed_, count_,
+                        progress=gr.Progress()):
+            images, texts = _run(service, "txt2img (ui)", progress, prompt=prompt_, negative_prompt=negative_,
+                                 preset=preset_, sampler=sampler_, steps=int(steps_), cfg_scale=float(cfg_),
+                                 seed=int(seed_ if seed_ is not None else -1), width=int(width_),
+                                 height=int(height_), n_iter=int(count_))
+            return images, texts, (texts[0] if texts else ""), 0
+
+        generate.click(run_txt2img, txt2img_inputs, [gallery, infotexts, infotext, selected],
+                       concurrency_limit=None)
+        interrupt.click(lambda: service.queue.interrupt() and None, None, None, queue=False)
+        preset.input(_preset_defaults, [preset, sampler, steps, cfg, width, height, negative],
+                      [sampler, steps, cfg, width, height, negative])
+        add_lora.click(_add_lora, [prompt, lora, lora_weight], prompt)
+        gallery.select(_selected_infotext, infotexts, [infotext, selected])
+
+        def to_img2img(gallery_value, index, texts):
+            if not gallery_value:
+                raise gr.Error("generate an image first")
+            index = index if 0 <= index < len(gallery_value) else 0
+            image = gallery_value[index][0]
+            fields = parse_infotext(texts[index]) if index < len(texts) else {}
+            return (image, fields.get("Prompt", ""), fields.get("Negative prompt", ""),
+                    gr.Tabs(selected="img2img"))
+
+        send_to_img2img.click(to_img2img, [gallery, selected, infotexts],
+                              [init_image, prompt2, negative2, tabs])
+
+        def run_img2img(image, prompt_, negative_, sampler_, steps_, cfg_, strength_, width_, height_, seed_,
+                        progress=gr.Progress()):
+            if image is None:
+                raise gr.Error("upload an init image (or use 'Send to img2img')")
+            if isinstance(image, str):
+                from PIL import Image
+
+                image = Image.open(image)
+            image = to_rgb(image).resize((int(width_), int(height_)))
+            images, texts = _run(service, "img2img (ui)", progress, prompt=prompt_, negative_prompt=negative_,
+                                 sampler=sampler_, steps=int(steps_), cfg_scale=float(cfg_),
+                                 seed=int(seed_ if seed_ is not None else -1), width=int(width_),
+                                 height=int(height_), init_image=image, strength=float(strength_))
+            return images, "\n\n".join(texts)
+
+        generate2.click(run_img2img, [init_image, prompt2, negative2, sampler2, steps2, cfg2, strength, width2,
+                                      height2, seed2], [gallery2, infotext2], concurrency_limit=None)
+
+        def read_png(path: str | None):
+            if not path:
+                return "", {}
+            try:
+                text = read_png_infotext(path)
+            except Exception as exc:  # noqa: BLE001 - any unreadable upload is a user error
+                raise gr.Error(f"cannot read {path}: {exc}") from None
+            if not text:
+                return "", {"error": "this PNG has no generation parameters"}
+            return text, parse_infotext(text)
+
+        png_file.change(read_png, png_file, [png_text, png_fields])
+
+        def to_txt2img(text: str):
+            if not text:
+                raise gr.Error("drop a PNG with generation parameters first")
+            try:
+                req = request_from_infotext(text)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from None
+            return (req.prompt, req.negative_prompt, "none", req.sampler or "Euler a", req.steps, req.cfg_scale,
+                    req.width, req.height, req.seed, gr.Tabs(selected="txt2img"))
+
+        fill_outputs = [prompt, negative, preset, sampler, steps, cfg, width, height, seed, tabs]
+        send_to_txt2img.click(to_txt2img, png_text, fill_outputs)
+        rerun.click(to_txt2img, png_text, fill_outputs).then(
+            _rerun_with_count_one(run_txt2img), txt2img_inputs, [gallery, infotexts, infotext, selected])
+    return demo
+
+
+def _rerun_with_count_one(run) -> Any:
+    """Re-running a PNG's parameters makes exactly that one image again (same seed)."""
+
+    def rerun(*values, progress=gr.Progress()):
+        values = list(values)
+        values[-1] = 1
+        return run(*values, progress=progress)
+
+    return rerun

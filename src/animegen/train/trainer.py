@@ -1,0 +1,390 @@
+"""The training loop, run through `accelerate.Accelerator` so `accelerate launch` scales it out.
+
+`train.batch_size` is per process; each step the data stream yields one global batch
+(batch_size x processes) and process r takes its slice. Every random choice is keyed by (seed, step,
+slot in the global batch), and the global torch RNG (adapter dropout) is reseeded per step, so a run
+is a pure function of its config: resumed runs and N-process runs reproduce the single uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from animegen.train import adapters as adapters_mod
+from animegen.train.cache import LatentCache, TextEmbeddingCache, module_fingerprint
+from animegen.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from animegen.train.config import TrainConfig, stage_config, stage_names
+from animegen.train.data import TrainData, make_caption, open_item_image, resize_to_bucket, step_rng
+from animegen.train.loss import diffusion_loss, draw_noise, make_noise_scheduler, sample_generator, target_for
+from animegen.train.optim import make_lr_scheduler, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stopped without touching the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    losses: list[float] = field(default_factory=list)
+    val_losses: dict[int, float] = field(default_factory=dict)
+    exported: dict[str, Path] = field(default_factory=dict)
+    samples: list[Path] = field(default_factory=list)
+    finished: bool = True
+
+
+def load_base(config: TrainConfig, device: str):
+    """The base pipeline in float32 (trainable weights need full precision; frozen parts are cast later)."""
+    from animegen.models.loading import load_pipeline
+
+    return load_pipeline(config.model.base, vae=config.model.vae, device=device, dtype=torch.float32,
+                         allow_pickle=config.model.allow_pickle)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, accelerator=None):
+        from accelerate import Accelerator
+
+        self.config = config
+        t = config.train
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps,
+            cpu=t.device == "cpu", step_scheduler_with_optimizer=False)
+        self.device = self.accelerator.device
+        self.output_dir = Path(t.output_dir)
+        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[t.mixed_precision]
+        if self.device.type == "cpu":
+            self.weight_dtype = torch.float32 if t.mixed_precision != "bf16" else torch.bfloat16
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.config
+        self.data = TrainData.load(cfg.data, cfg.train.seed)
+        self.pipe = load_base(cfg, str(self.device))
+        self.is_sdxl = getattr(self.pipe, "text_encoder_2", None) is not None
+        self.noise_scheduler = make_noise_scheduler(self.pipe.scheduler.config, cfg.model.prediction_type,
+                                                    cfg.model.zero_terminal_snr)
+        if cfg.model.prediction_type != "auto" or cfg.model.zero_terminal_snr:
+            # sampling must use the same parameterisation/betas the model is being trained for
+            self.pipe.scheduler = self.pipe.scheduler.from_config(
+                self.pipe.scheduler.config, prediction_type=self.noise_scheduler.config.prediction_type,
+                rescale_betas_zero_snr=cfg.model.zero_terminal_snr)
+        self.trained = adapters_mod.prepare_models(self.pipe, cfg.adapter, cfg.train.gradient_checkpointing)
+        full = cfg.adapter.kind == "full"
+        for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
+            module = getattr(self.pipe, name, None)
+            if module is None:
+                continue
+            if name not in self.trained or not full:
+                dtype = self.weight_dtype if name != "vae" or not module.config.get("force_upcast") else torch.float32
+                module.to(self.device, dtype=dtype)
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        vae = self.pipe.vae
+        self.latent_cache = LatentCache(
+            (Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.output_dir / "cache" / "latents")
+            if cfg.data.cache_latents and not cfg.data.random_crop else None,
+            module_fingerprint(vae))
+        frozen_text = not cfg.adapter.train_text_encoder
+        self.text_cache = TextEmbeddingCache(frozen_text and cfg.data.cache_text_embeddings)
+        groups = []
+        for name, module in self.trained.items():
+            lr = cfg.optimizer.lr if name == "unet" else (cfg.optimizer.text_encoder_lr or cfg.optimizer.lr)
+            groups.append({"params": adapters_mod.trainable_parameters(module), "lr": lr})
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = make_optimizer(groups, cfg.optimizer)
+        self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg.optimizer, cfg.train.max_steps)
+        self.ema = None
+        if cfg.adapter.ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=cfg.adapter.ema_decay)
+        names = list(self.trained)
+        prepared = self.accelerator.prepare(*[self.trained[n] for n in names], self.optimizer)
+        self.wrapped = dict(zip(names, prepared[:-1], strict=True))
+        self.optimizer = prepared[-1]
+        self.unet_eval = self.pipe.unet
+        self.unet_train = self.wrapped.get("unet", self.pipe.unet)
+        self.pipe.unet.train("unet" in self.trained)
+        for n in ("text_encoder", "text_encoder_2"):
+            if getattr(self.pipe, n, None) is not None:
+                getattr(self.pipe, n).train(n in self.trained)
+        self.pipe.vae.eval()
+
+    # ------------------------------------------------------------------ data -> tensors
+    @torch.no_grad()
+    def _encode_image(self, item, flip: bool, rng=None) -> tuple[torch.Tensor, tuple[int, int]]:
+        pixels, crop = resize_to_bucket(open_item_image(item), item.bucket, rng, flip)
+        vae = self.pipe.vae
+        dist = vae.encode(pixels[None].to(self.device, vae.dtype)).latent_dist
+        latent = dist.mean[0].float()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return ((latent - shift) * vae.config.scaling_factor).cpu(), crop
+
+    def latent_for(self, item, flip: bool, rng) -> tuple[torch.Tensor, tuple[int, int]]:
+        if self.config.data.random_crop:
+            return self._encode_image(item, flip, rng)
+        return self.latent_cache.get(item, flip, self._encode_image)
+
+    def precache(self) -> None:
+        """Encode every image once (main process first, so others only read the shared cache)."""
+        if self.latent_cache.root is None:
+            return
+        from tqdm.auto import tqdm
+
+        items = self.data.train + self.data.val
+        flips = (False, True) if self.config.data.random_flip else (False,)
+        with self.accelerator.main_process_first():
+            todo = [(it, f) for it in items for f in flips]
+            for it, f in tqdm(todo, desc="caching latents", disable=not self.accelerator.is_main_process
+                              or not self.config.log.progress):
+                self.latent_cache.get(it, f, self._encode_image)
+
+    def _encode_text_uncached(self, caption: str) -> tuple[torch.Tensor, ...]:
+        pipe = self.pipe
+
+        def ids(tokenizer):
+            return tokenizer([caption], padding="max_length", max_length=tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+        te1 = self.wrapped.get("text_encoder", pipe.text_encoder)
+        if not self.is_sdxl:
+            return (te1(ids(pipe.tokenizer))[0][0],)
+        te2 = self.wrapped.get("text_encoder_2", pipe.text_encoder_2)
+        h1 = te1(ids(pipe.tokenizer), output_hidden_states=True).hidden_states[-2]
+        out2 = te2(ids(pipe.tokenizer_2), output_hidden_states=True)
+        return torch.cat([h1, out2.hidden_states[-2]], dim=-1)[0], out2.text_embeds[0]
+
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        outs = [self.text_cache.get(c, self._encode_text_uncached) for c in captions]
+        hidden = torch.stack([o[0] for o in outs])
+        pooled = torch.stack([o[1] for o in outs]) if self.is_sdxl else None
+        return hidden, pooled
+
+    def predict(self, unet, noisy, timesteps, captions, items, crops) -> torch.Tensor:
+        hidden, pooled = self.encode_text(captions)
+        kwargs = {}
+        if self.is_sdxl:
+            time_ids = [[it.size[1], it.size[0], top, left, it.bucket[1], it.bucket[0]]
+                        for it, (top, left) in zip(items, crops, strict=True)]
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled,
+                                           "time_ids": torch.tensor(time_ids, device=self.device, dtype=hidden.dtype)}
+        with self.accelerator.autocast():
+            return unet(noisy, timesteps, hidden, **kwargs).sample
+
+    # ------------------------------------------------------------------ state
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        return {f"{n}.{k}": v for n, m in self.trained.items() for k, v in adapters_mod.adapter_state_dict(m).items()}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        named = {f"{n}.{k}": p for n, m in self.trained.items() for k, p in m.named_parameters() if p.requires_grad}
+        missing = named.keys() - weights.keys()
+        if missing:
+            raise ValueError(f"checkpoint does not match this config: {len(missing)} trained weights missing "
+                             f"(e.g. {sorted(missing)[0]}); was adapter.* changed since it was written?")
+        with torch.no_grad():
+            for k, p in named.items():
+                p.copy_(weights[k])
+
+    def save(self, step: int) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(self.output_dir, step, self.trained_weights(), self.optimizer.state_dict(),
+                                   self.lr_scheduler.state_dict(), {"config": self.config.model_dump(mode="json")},
+                                   self.config.checkpoint.keep_last,
+                                   self.ema.state_dict() if self.ema is not None else None)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def restore(self) -> int:
+        found = list_checkpoints(self.output_dir)
+        if not found:
+            return 0
+        ckpt = load_checkpoint(found[-1])
+        self.load_weights(ckpt["weights"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.lr_scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        return ckpt["step"]
+
+    # ------------------------------------------------------------------ loop
+    def micro_batch(self, micro: int, global_batch: list[int]):
+        acc, cfg = self.accelerator, self.config
+        b = cfg.train.batch_size
+        slots = range(acc.process_index * b, (acc.process_index + 1) * b)
+        items, captions, latents, crops, gens = [], [], [], [], []
+        for slot in slots:
+            item = self.data.train[global_batch[slot]]
+            rng = step_rng(cfg.train.seed, micro, slot)
+            flip = cfg.data.random_flip and rng.random() < 0.5
+            latent, crop = self.latent_for(item, flip, rng)
+            items.append(item)
+            captions.append(make_caption(item, cfg.data, rng))
+            latents.append(latent)
+            crops.append(crop)
+            gens.append(sample_generator(cfg.train.seed, micro, slot))
+        return items, captions, torch.stack(latents), crops, gens
+
+    def loss_for(self, micro: int, global_batch: list[int]) -> torch.Tensor:
+        items, captions, latents, crops, gens = self.micro_batch(micro, global_batch)
+        noise, timesteps = draw_noise(tuple(latents.shape[1:]), gens, self.noise_scheduler.config.num_train_timesteps,
+                                      self.config.loss.noise_offset)
+        latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        pred = self.predict(self.unet_train, noisy, timesteps, captions, items, crops)
+        target = target_for(self.noise_scheduler, latents, noise, timesteps)
+        return diffusion_loss(pred, target, timesteps, self.noise_scheduler, self.config.loss)
+
+    def run(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        from animegen.train.sampling import validation_loss, write_samples
+
+        cfg, acc = self.config, self.accelerator
+        self.setup()
+        start = self.restore() if resume else 0
+        self.precache()
+        writer = None
+        if cfg.log.tensorboard and acc.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.output_dir / "logs"))
+        result = TrainResult(self.output_dir, start)
+        started = time.time()
+        accum = cfg.train.gradient_accumulation_steps
+        global_bs = cfg.train.batch_size * acc.num_processes
+        stream = self.data.batch_stream(global_bs, start * accum)
+        bar = tqdm(total=cfg.train.max_steps, initial=start, desc="train", unit="step",
+                   disable=not acc.is_main_process or not cfg.log.progress)
+        step = start
+        while step < cfg.train.max_steps:
+            step_loss = 0.0
+            for _ in range(accum):
+                micro, _epoch, batch = next(stream)
+                torch.manual_seed(int.from_bytes(hashlib.sha256(
+                    f"dropout/{cfg.train.seed}/{micro}/{acc.process_index}".encode()).digest()[:7], "little"))
+                with acc.accumulate(*self.wrapped.values()):
+                    loss = self.loss_for(micro, batch)
+                    mean_loss = acc.reduce(loss.detach(), "mean")
+                    if not torch.isfinite(mean_loss):
+                        good = list_checkpoints(self.output_dir)
+                        where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written yet"
+                        raise NonFiniteLossError(
+                            f"loss became {float(mean_loss)} at step {step + 1}; stopped the run ({where}). "
+                            "Lower optimizer.lr, use mixed_precision = 'bf16' instead of 'fp16', or set "
+                            "optimizer.max_grad_norm, then `--resume`.")
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.optimizer.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.params, cfg.optimizer.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                step_loss += float(mean_loss) / accum
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.step(self.params)
+            step += 1
+            result.losses.append(step_loss)
+            lr = self.lr_scheduler.get_last_lr()[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            if writer is not None and (step % cfg.log.every_steps == 0 or step == cfg.train.max_steps):
+                writer.add_scalar("train/loss", step_loss, step)
+                writer.add_scalar("train/lr", lr, step)
+            if cfg.validation.every_steps and self.data.val and (
+                    step % cfg.validation.every_steps == 0 or step == cfg.train.max_steps):
+                if acc.is_main_process:
+                    result.val_losses[step] = validation_loss(self, self.data.val)
+                    if writer is not None:
+                        writer.add_scalar("val/loss", result.val_losses[step], step)
+                acc.wait_for_everyone()
+            if cfg.sample.every_steps and cfg.sample.prompts and step % cfg.sample.every_steps == 0:
+                if acc.is_main_process:
+                    result.samples += write_samples(self.pipe, cfg.sample, cfg.model.base,
+                                                    self.output_dir / "samples", step)
+                acc.wait_for_everyone()
+            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+                self.save(step)
+            if stop_at is not None and step >= stop_at and step < cfg.train.max_steps:
+                if not (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+                    self.save(step)
+                result.step, result.finished = step, False
+                bar.close()
+                return result
+        bar.close()
+        result.step = step
+        if writer is not None:
+            writer.close()
+        if self.ema is not None:
+            self.ema.copy_to(self.params)
+        result.exported = self.export(started)
+        return result
+
+    def export(self, started: float) -> dict[str, Path]:
+        from animegen.train.export import export_adapters, export_full, kohya_metadata, tag_frequency
+
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return {}
+        cfg = self.config
+        meta = kohya_metadata(cfg, is_sdxl=self.is_sdxl, steps=cfg.train.max_steps,
+                              num_images=len(self.data.train), started_at=started,
+                              tag_frequency=tag_frequency(self.data.train))
+        out = self.output_dir / "export"
+        if cfg.adapter.kind == "full":
+            return export_full(self.pipe, cfg, out, meta)
+        return export_adapters(self.trained, cfg, out, meta)
+
+
+def _stage_done(output_dir: Path) -> bool:
+    return (output_dir / "export" / "DONE").is_file()
+
+
+def train(config: TrainConfig, resume: bool = False, *, stop_at: int | None = None) -> TrainResult:
+    """Run a training config (all its stages); `stop_at` stops after that step with a checkpoint, as a
+    preempted job would, so a later `resume=True` call finishes the run."""
+    from animegen.train.config import ConfigError
+
+    if not config.model.base:
+        raise ConfigError("model.base is empty: set it to a hub id, a diffusers folder or a .safetensors file")
+    if not config.stages:
+        return Trainer(config).run(resume=resume, stop_at=stop_at)
+    result = None
+    base = config.model.base
+    root = Path(config.train.output_dir)
+    names = stage_names(config)
+    for i, name in enumerate(names):
+        stage = stage_config(config, i)
+        if len(names) > 1 and (stage.adapter.kind != "full" or "diffusers" not in stage.export.formats):
+            raise ConfigError(f"stages[{i}]: multi-stage runs chain full fine-tunes through a diffusers folder; "
+                              "set adapter.kind = 'full' and include 'diffusers' in export.formats")
+        stage.train.output_dir = str(root / name)
+        stage.model.base = base
+        out = Path(stage.train.output_dir)
+        if resume and _stage_done(out):
+            result = TrainResult(out, stage.train.max_steps)
+        else:
+            result = Trainer(stage).run(resume=resume and out.exists(), stop_at=stop_at)
+            if not result.finished:
+                return result
+            (out / "export" / "DONE").write_text("ok")
+        base = str(out / "export" / f"{stage.export.name}_diffusers")
+    assert result is not None
+    return result
+
+
+def estimate_steps_per_epoch(data: TrainData, global_batch: int) -> int:
+    return max(1, math.ceil(sum(it.repeats for it in data.train) / global_batch))
