@@ -11,30 +11,6 @@ from animegen.evaluate.clip_score import ClipScorer
 from animegen.evaluate.metrics import MetricError
 
 
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from animegen.models.assets import load_tokenizer
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 49406,
-                     "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    out = tmp_path_factory.mktemp("clip") / "tiny-clip"
-    CLIPModel(config).save_pretrained(out)
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=load_tokenizer())
-    processor.save_pretrained(out)
-    return out
-
-
 def images():
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8)) for i in range(3)]

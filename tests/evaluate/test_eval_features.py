@@ -36,11 +36,11 @@ def test_one_image_and_only_broken_images_are_refused(tmp_path, fid_net):
 
 def test_unreadable_files_are_skipped_and_named_and_stats_are_cached(tmp_path, fid_net):
     real = tmp_path / "real"
-    write_images(real, 3, seed=5, sizes=((64, 64), (40, 90)))  # mismatched sizes are fine
+    write_images(real, 2, seed=5, sizes=((64, 64), (40, 90)))  # mismatched sizes are fine
     (real / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     cache = tmp_path / "cache"
     first = folder_features(real, fid_net, cache_dir=cache, progress=False)
-    assert first.features.shape == (3, 2048) and not first.from_cache
+    assert first.features.shape == (2, 2048) and not first.from_cache
     assert [p for p, _ in first.skipped] == [str(real / "zz_truncated.png")]
     assert len(list(cache.glob("*.npz"))) == 1
     with np.load(next(cache.glob("*.npz"))) as data:

@@ -142,6 +142,11 @@ def test_progress_and_interrupt(sd15):
     stop.set()
     with pytest.raises(GenerationInterrupted):
         sd15(GenerationRequest("1girl", steps=3, seed=1, **SIZE), interrupt=stop)
+    # an interrupt during the first batch returns that batch (as A1111 does) and starts no other
+    stop.clear()
+    late = sd15(GenerationRequest("1girl", steps=3, seed=1, n=3, **SIZE), interrupt=stop,
+                progress=lambda done, total: stop.set())
+    assert [im.seed for im in late] == [1]
 
 
 @pytest.mark.parametrize("field,value,message", [

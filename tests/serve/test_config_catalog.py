@@ -6,7 +6,13 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from animegen.serve.catalog import Catalog, NotFoundError, UnsafeNameError, check_relative_name, resolve_inside
+from animegen.serve.catalog import (
+    Catalog,
+    NotFoundError,
+    UnsafeNameError,
+    check_relative_name,
+    resolve_inside,
+)
 from animegen.serve.config import ServeConfig
 
 

@@ -52,13 +52,13 @@ def test_100_requests_from_20_clients_are_each_answered_once(serve_dirs, fake_ba
 def test_real_generator_under_concurrent_clients(serve_dirs, server_runner):
     config = ServeConfig(model=str(serve_dirs["models"] / "tiny-a"), ui=False, max_queue=16)
     with server_runner(create_app(config)) as url:
-        results = _hammer(url, clients=4, per_client=2,
+        results = _hammer(url, clients=4, per_client=1,
                           body_for=lambda i, k: {"prompt": f"1girl {i}", "seed": 1000 + 10 * i + k, **SMALL})
         with httpx.Client(base_url=url) as client:
             assert client.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
-    assert [status for _, status, _ in results] == [200] * 8
+    assert [status for _, status, _ in results] == [200] * 4
     for prompt, _, body in results:
         info = json.loads(body["info"])
         i = int(prompt.split()[1])
-        assert info["prompt"] == prompt and info["seed"] in (1000 + 10 * i, 1001 + 10 * i)
+        assert info["prompt"] == prompt and info["seed"] == 1000 + 10 * i
         assert f"Seed: {info['seed']}," in info["infotexts"][0] and info["infotexts"][0].startswith(prompt)

@@ -47,7 +47,9 @@ def test_exported_adapter_equals_trained_model(tmp_path, kind, targets, te):
 
     lora = adapters_to_lora_file(modules, kind, {"ss_network_dim": "4"})
     if kind != "dora":  # natively representable kinds are stored natively, not as full diffs
-        assert {m.kind for m in lora.modules.values()} == {"lora" if kind == "locon" else kind}
+        # (text-encoder IA3 on biased k/v projections also scales the bias: only a full diff holds that)
+        unet_kinds = {m.kind for t, m in lora.modules.items() if t.startswith("unet.")}
+        assert unet_kinds == {"lora" if kind == "locon" else kind}
     for fmt in ("kohya", "diffusers"):
         if fmt == "diffusers" and kind not in ("lora", "locon"):
             continue  # the diffusers LoRA format only holds plain LoRA
@@ -58,7 +60,10 @@ def test_exported_adapter_equals_trained_model(tmp_path, kind, targets, te):
         apply_loras(base, [(read_lora(path), 1.0)])
         got, got_hidden = _unet_out(base)
         torch.testing.assert_close(got_hidden, want_hidden, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        # DoRA's unmerged forward normalises per call (different float order than the merged weight)
+        atol = 2e-4 if kind == "dora" else 1e-5
+        torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+        assert (got - want).abs().max() < 0.05 * (want - before).abs().max()
         remove_loras(base)
 
 

@@ -22,13 +22,13 @@ def write_kohya(root: Path, name: str, colour, caption: str, n: int = 4, repeats
     return root
 
 
-def tiny_config(base: Path, data: Path, out: Path, **sections):
+def tiny_config(base: Path, data_dir: Path, out: Path, **sections):
     """A config for the tiny model at 64 px; `sections` = {"adapter": {...}, ...} merged over the defaults."""
     cfg = {
         "model": {"base": str(base)},
         "adapter": {"kind": "lora", "rank": 4, "alpha": 4.0},
         "optimizer": {"name": "adamw", "lr": 1e-3, "scheduler": "constant"},
-        "data": {"datasets": [{"path": str(data)}], "resolution": 64, "min_bucket_side": 64,
+        "data": {"datasets": [{"path": str(data_dir)}], "resolution": 64, "min_bucket_side": 64,
                  "max_bucket_side": 128},
         "train": {"output_dir": str(out), "max_steps": 4, "batch_size": 2, "device": "cpu", "seed": 0},
         "log": {"progress": False, "tensorboard": False},

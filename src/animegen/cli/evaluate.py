@@ -133,7 +133,7 @@ def clip_cmd(
                 info = read_png_infotext(p) if p.suffix.lower() == ".png" else None
                 if not info:
                     fail(f"'{p}' has no infotext prompt; pass --prompts")
-                texts.append(parse_infotext(info).get("prompt", ""))
+                texts.append(parse_infotext(info).get("Prompt", ""))
         scorer = ClipScorer.load(clip_model)
         scores = scorer.score([im for _, im in loaded], [plain_prompt(t) for t in texts], batch_size=batch_size)
     data = {"mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,

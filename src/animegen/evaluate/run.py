@@ -132,13 +132,14 @@ def run_eval(model, prompts_file: str | Path | Sequence[str], out_dir: str | Pat
              bootstrap: int = 200, kid_subsets: int = 100, kid_subset_size: int = 1000,
              clip_model=None, tagger=None, cache_dir: str | Path | None = None,
              device: str | None = None, dtype: str | None = None, progress: bool = True,
-             log: Callable[[str], None] | None = None) -> dict:
+             log: Callable[[str], None] | None = None, inception=None) -> dict:
     """Generate `n_per_prompt` seeded images per prompt with `model` (+ `loras`), save them as PNGs
     with infotext under `out_dir/images/`, compute the metrics, write `metrics.json` + `report.html`.
 
     `model` is a model reference for `animegen.generate.Generator` or a ready `Generator`.
     `tagger`: a tagger folder / hub id or a loaded `WD14Tagger`; `clip_model`: folder / hub id or a
-    `ClipScorer`. `fid_weights`: None = the torch-hub-cache weights if present, a path, or "random".
+    `ClipScorer`. `fid_weights`: None = the torch-hub-cache weights if present, a path, or "random";
+    `inception`: an already built FID network (from `build_fid_inception`) to reuse instead.
     Returns the metrics.json content.
     """
     from animegen.evaluate.report import write_run_report
@@ -152,8 +153,12 @@ def run_eval(model, prompts_file: str | Path | Sequence[str], out_dir: str | Pat
         raise MetricError(f"fid_mode must be 'legacy' or 'clean', got {fid_mode!r}")
     prompts = list(prompts_file) if not isinstance(prompts_file, (str, Path)) else load_prompts(prompts_file)
     out = Path(out_dir)
-    weights_arg, fid_reason = (None, "needs --real (a folder of real images)") if real_dir is None \
-        else _resolve_fid_weights(fid_weights)
+    if real_dir is None:
+        weights_arg, fid_reason = None, "needs --real (a folder of real images)"
+    elif inception is not None:
+        weights_arg, fid_reason = None, None
+    else:
+        weights_arg, fid_reason = _resolve_fid_weights(fid_weights)
     if real_dir is not None:
         from animegen.evaluate.features import list_images
 
@@ -162,6 +167,7 @@ def run_eval(model, prompts_file: str | Path | Sequence[str], out_dir: str | Pat
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, image_prompts, records, per_prompt = [], [], [], []
     resolved: dict = {}
+    broken: list[str] = []
     for i, prompt in enumerate(prompts):
         say(f"[{i + 1}/{len(prompts)}] {prompt}")
         request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, preset=preset,
@@ -173,6 +179,11 @@ def run_eval(model, prompts_file: str | Path | Sequence[str], out_dir: str | Pat
             rel = f"images/p{i:03d}_{j:02d}_s{result.seed}.png"
             save_png(result, out / rel)
             rec = {"file": rel, "prompt_index": i, "seed": int(result.seed)}
+            arr = getattr(result, "array", None)
+            if arr is not None and not np.isfinite(arr).all():
+                rec["invalid"] = True
+                broken.append(f"{rel} (prompt #{i}, seed {result.seed}) came out of the model with NaN/inf "
+                              "pixels (saved black); metrics on this run are unreliable")
             params = getattr(result, "parameters", None) or {}
             resolved = resolved or {k: params.get(k) for k in ("Sampler", "Steps", "CFG scale", "Size")}
             records.append(rec)
@@ -188,14 +199,15 @@ def run_eval(model, prompts_file: str | Path | Sequence[str], out_dir: str | Pat
                 "negative_prompt": negative_prompt, "real_dir": str(real_dir) if real_dir else None,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "animegen": __version__, "resolved": resolved}
-    metrics, skipped, notes = {}, {}, []
+    metrics, skipped, notes = {}, {}, list(broken)
     if fid_reason:
         skipped["fid"] = skipped["kid"] = fid_reason
     else:
         say("FID / KID")
         block = fid_kid_block(real_dir, images, fid_weights=weights_arg, mode=fid_mode,
                               batch_size=fid_batch_size, bootstrap=bootstrap, kid_subsets=kid_subsets,
-                              kid_subset_size=kid_subset_size, cache_dir=cache_dir, seed=seed, progress=progress)
+                              kid_subset_size=kid_subset_size, cache_dir=cache_dir, seed=seed, progress=progress,
+                              inception=inception)
         metrics.update(block)
         notes += block["fid"]["warnings"] + block["kid"]["warnings"]
     if clip_model is None:

@@ -149,8 +149,9 @@ class Generator:
         results: list[GeneratedImage] = []
         seeds = list(resolved.seeds)
         for start in range(0, len(seeds), resolved.batch_size):
-            if tracker.interrupted:
-                break
+            if tracker.interrupted or (interrupt is not None and interrupt.is_set()):
+                tracker.interrupted = True
+                break  # like A1111: images of the interrupted batch come back half-denoised, later ones never start
             batch = seeds[start:start + resolved.batch_size]
             arrays = self._run_batch(resolved, batch, _repeat(kwargs, len(batch)), tracker)
             for seed, array in zip(batch, arrays):

@@ -34,7 +34,7 @@ class CheckpointEntry:
 
     @property
     def model_name(self) -> str:
-        stem = self.name[: -len(".safetensors")] if self.name.endswith(".safetensors") else self.name
+        stem = self.name.removesuffix(".safetensors")
         return stem.replace("/", "_")
 
     @property

@@ -13,9 +13,10 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from animegen.serve.catalog import CheckpointEntry
 
@@ -177,7 +178,7 @@ class JobQueue:
                 self._current, self._step, self._steps, self._started = job, 0, 0, time.time()
             try:
                 result = self._execute(job)
-            except BaseException as exc:  # noqa: BLE001 - every failure goes back to its caller
+            except BaseException as exc:
                 if not isinstance(exc, (ValueError, LookupError)):
                     log.exception("job %s (%s) failed", job.id, job.kind)
                 job.future.set_exception(exc)

@@ -94,8 +94,8 @@ def _empty_device_cache() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - freeing memory is best effort
-        pass
+    except Exception as exc:  # noqa: BLE001 - freeing memory is best effort
+        log.debug("could not empty the device cache: %s", exc)
 
 
 class ServeService:

@@ -6,7 +6,6 @@ same limits and LoRA folder rules as the REST API and never runs concurrently wi
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import Future
 from typing import Any
 

@@ -2,7 +2,8 @@
 
 Target presets follow kohya/LyCORIS practice: `attention` = the q/k/v/out projections of every
 attention layer; `attention_ff` adds the transformer blocks' feed-forward and proj_in/proj_out;
-`attention_ff_conv` (and adapter kind `locon`) adds the ResNet and resampler convolutions. Text
+`attention_ff_conv` (and adapter kind `locon`) adds the ResNet and resampler convolutions; IA3 follows
+the (IA)^3 paper (keys, values, feed-forward hidden activations). Text
 encoders get the same treatment on their own q/k/v/out (and fc1/fc2) projections.
 """
 
@@ -21,6 +22,8 @@ ADAPTER_PARAM_MARKERS = ("lora_", "hada_", "lokr_", "ia3_")
 
 
 def unet_targets(cfg: AdapterSection) -> list[str]:
+    if cfg.kind == "ia3":  # (IA)^3 proper: scale keys, values and the feed-forward's hidden activations
+        return ["to_k", "to_v"] + (["ff.net.2"] if cfg.targets != "attention" else [])
     targets = list(UNET_ATTN)
     if cfg.targets in ("attention_ff", "attention_ff_conv") or cfg.kind == "locon":
         targets += UNET_FF
@@ -30,6 +33,8 @@ def unet_targets(cfg: AdapterSection) -> list[str]:
 
 
 def text_encoder_targets(cfg: AdapterSection) -> list[str]:
+    if cfg.kind == "ia3":
+        return ["k_proj", "v_proj"] + (["fc2"] if cfg.targets != "attention" else [])
     return TE_ATTN + (TE_FF if cfg.targets != "attention" else [])
 
 
