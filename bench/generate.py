@@ -61,15 +61,15 @@ def _real_size_components(family: str, device: str) -> dict:
     def cfg(name):
         return json.loads((CONFIG_DIR / family / f"{name}.json").read_text())
 
+    parts = {"tokenizer": load_tokenizer(), "scheduler": EulerDiscreteScheduler.from_config(cfg("scheduler"))}
     with torch.device(device):  # initialise directly on the GPU: CPU init of 2.6B params takes minutes
-        parts = {"unet": UNet2DConditionModel.from_config(cfg("unet")),
-                 "vae": AutoencoderKL.from_config(cfg("vae")),
-                 "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(cfg("text_encoder"))),
-                 "tokenizer": load_tokenizer(),
-                 "scheduler": EulerDiscreteScheduler.from_config(cfg("scheduler"))}
+        parts["unet"] = UNet2DConditionModel.from_config(cfg("unet"))
+        parts["vae"] = AutoencoderKL.from_config(cfg("vae"))
+        parts["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_dict(cfg("text_encoder")))
         if family == "sdxl":
             parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(cfg("text_encoder_2")))
-            parts["tokenizer_2"] = load_tokenizer(pad_token="!")
+    if family == "sdxl":
+        parts["tokenizer_2"] = load_tokenizer(pad_token="!")
     return parts
 
 
@@ -117,6 +117,25 @@ def unet_flops_per_step(pipe, batch: int, size: int) -> int:
     return int(counter.get_total_flops())
 
 
+def real_size_unet_flops(arch: str, batch: int) -> int:
+    """FLOPs of one real-size UNet step (CFG batch 2×batch) counted on the meta device: no GPU, no time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    family, size, context = {"sd15": ("sd1", 512, 768), "sdxl": ("sdxl", 1024, 2048)}[arch]
+    with torch.device("meta"):
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_config(json.loads((CONFIG_DIR / family / "unet.json").read_text()))
+        n = 2 * batch
+        kwargs = {"encoder_hidden_states": torch.empty(n, 77, context)}
+        if family == "sdxl":
+            kwargs["added_cond_kwargs"] = {"text_embeds": torch.empty(n, 1280), "time_ids": torch.empty(n, 6)}
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            unet(torch.empty(n, 4, size // 8, size // 8), torch.full((n,), 500), **kwargs)
+    return int(counter.get_total_flops())
+
+
 @dataclass
 class Timing:
     name: str
@@ -124,6 +143,7 @@ class Timing:
     seconds_per_image: float
     first_call_s: float  # warm-up call (includes compilation for compiled variants)
     steady_call_s: float
+    min_call_s: float
     peak_mem_gb: float | None
     max_abs_diff: float | None = None  # vs the diffusers baseline image with the same seed
     notes: list[str] = field(default_factory=list)
@@ -187,8 +207,8 @@ def animegen_runner(name: str, pipe, batch: int, size: int, steps: int, seed: in
 def variants(device: str, ablation: bool, cpu_compile: bool) -> list[tuple[str, dict]]:
     """(row name, apply_speedups options). "none" is animegen with nothing applied."""
     cuda = device.startswith("cuda")
-    off = dict(channels_last=False, fuse_qkv=False, compile=False, vae_tiling=False, vae_slicing=False,
-               cuda_graphs=False)
+    off = {"channels_last": False, "fuse_qkv": False, "compile": False, "vae_tiling": False,
+           "vae_slicing": False, "cuda_graphs": False}
     can_compile = cuda or cpu_compile
     full = dict(off, channels_last=True, fuse_qkv=True, compile=can_compile)
     rows = [("animegen: device defaults", {}), ("animegen: all speed-ups", full)]
@@ -214,15 +234,15 @@ def run(arch: str, *, device: str, dtype: torch.dtype, batch_sizes: list[int], s
               "size": size, "steps": steps, "repeats": repeats,
               "matmul_peak_tflops": matmul_peak_tflops(device, dtype), "flops_per_unet_step": {}, "rows": []}
     if not (device.startswith("cuda") or cpu_compile):
-        result["skipped"] = ["torch.compile: off on CPU (inductor took >12 min for the tiny UNet on a 2-core "
-                             "machine; pass --cpu-compile to include it)", "CUDA graphs: need a GPU"]
+        result["skipped"] = [("torch.compile: off on CPU (inductor took >12 min for the tiny UNet on a 2-core "
+                              "machine; pass --cpu-compile to include it)"), "CUDA graphs: need a GPU"]
     for batch in batch_sizes:
         result["flops_per_unet_step"][batch] = unet_flops_per_step(base, batch, size)
     for batch in batch_sizes:
-        make = [lambda: diffusers_runner(copy.deepcopy(base), batch, size, steps, seed, device)]
+        make = [lambda b=batch: diffusers_runner(copy.deepcopy(base), b, size, steps, seed, device)]
         for name, options in variants(device, ablation, cpu_compile):
-            make.append(lambda name=name, options=options: _speedup_runner(
-                name, options, base, batch, size, steps, seed, device))
+            make.append(lambda name=name, options=options, b=batch: _speedup_runner(
+                name, options, base, b, size, steps, seed, device))
         if device.startswith("cuda"):
             # GPU timings are stable: one configuration at a time, so peak memory is per configuration
             for factory in make:
@@ -265,8 +285,8 @@ def _record(result: dict, runner: Runner, batch: int) -> None:
         diff = None
     else:
         diff = float(np.abs(runner.image - reference[batch]).max())
-    result["rows"].append(asdict(Timing(runner.name, batch, steady / batch, runner.first, steady, runner.peak,
-                                        diff, runner.notes)))
+    result["rows"].append(asdict(Timing(runner.name, batch, steady / batch, runner.first, steady,
+                                        min(runner.times), runner.peak, diff, runner.notes)))
 
 
 def device_name(device: str) -> str:
@@ -289,26 +309,26 @@ def device_name(device: str) -> str:
 # ---- report ---------------------------------------------------------------------------------------------
 def to_markdown(result: dict) -> str:
     peak = result["matmul_peak_tflops"]
-    lines = [f"### Generation: {result['arch']}, {result['size']}², {result['steps']} steps, {result['dtype']}, "
-             f"{result['device']}",
-             "",
-             f"Dense matmul peak measured in this run ({result['dtype']}): {peak:.3g} TFLOP/s. "
-             f"Median of {result['repeats']} timed call(s) after one warm-up call.",
-             ""]
+    title = (f"### Generation: {result['arch']}, {result['size']}², {result['steps']} steps, {result['dtype']}, "
+             f"{result['device']}")
+    intro = (f"Dense matmul peak measured in this run ({result['dtype']}): {peak:.3g} TFLOP/s. s/image = median "
+             f"of {result['repeats']} timed call(s) after one warm-up call (min in brackets); the ratio uses medians.")
+    lines = [title, "", intro, ""]
     for note in result.get("skipped", []):
         lines.append(f"- skipped — {note}")
-    lines += ["", "| variant | batch | s/image | ratio vs diffusers | first call s (warm-up/compile) | "
-              "peak GB | UNet TFLOP/s | % of matmul peak | max abs diff vs diffusers | speed-ups on |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ("| variant | batch | s/image (min) | ratio vs diffusers | first call s (+ warm-up/compile) | "
+              "peak GB | UNet TFLOP/s | % of matmul peak | max abs diff vs diffusers | speed-ups on |")
+    lines += ["", header, "|---|---|---|---|---|---|---|---|---|---|"]
     baseline = {r["batch"]: r["seconds_per_image"] for r in result["rows"] if r["name"].startswith("diffusers")}
     for r in result["rows"]:
         flops = result["flops_per_unet_step"][r["batch"]] * result["steps"]
         tflops = flops / r["steady_call_s"] / 1e12
         ratio = baseline[r["batch"]] / r["seconds_per_image"]
-        extra = r["first_call_s"] - r["steady_call_s"]
+        extra = max(0.0, r["first_call_s"] - r["steady_call_s"])
         mem = "n/a (CPU)" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.2f}"
         diff = "—" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"
-        lines.append(f"| {r['name']} | {r['batch']} | {r['seconds_per_image']:.3f} | {ratio:.2f}× | "
+        lines.append(f"| {r['name']} | {r['batch']} | {r['seconds_per_image']:.3f} ({r['min_call_s'] / r['batch']:.3f}) | "
+                     f"{ratio:.2f}× | "
                      f"{r['first_call_s']:.2f} (+{extra:.2f}) | {mem} | {tflops:.3g} | {100 * tflops / peak:.1f}% | "
                      f"{diff} | {'; '.join(r['notes'])} |")
     lines.append("")

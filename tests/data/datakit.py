@@ -86,37 +86,9 @@ def write_hostile_folder(folder: Path) -> dict[str, str | None]:
 
 def write_tiny_tagger(folder: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """model.onnx (NHWC -> flatten -> linear -> sigmoid) + selected_tags.csv; returns (W, b)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from animegen.data.tiny_tagger import write_tiny_tagger as write
 
-    folder.mkdir(parents=True, exist_ok=True)
-    d = TAGGER_SIZE * TAGGER_SIZE * 3
-    rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((d, len(TAGGER_TAGS))) * 3 / (128 * np.sqrt(d))).astype(np.float32)
-    b = rng.standard_normal(len(TAGGER_TAGS)).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Reshape", ["input_1:0", "shape"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "W"], ["logits0"]),
-            helper.make_node("Add", ["logits0", "B"], ["logits"]),
-            helper.make_node("Sigmoid", ["logits"], ["predictions_sigmoid"]),
-        ],
-        "tiny_wd14",
-        [helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, ["N", TAGGER_SIZE, TAGGER_SIZE, 3])],
-        [helper.make_tensor_value_info("predictions_sigmoid", TensorProto.FLOAT, ["N", len(TAGGER_TAGS)])],
-        initializer=[
-            numpy_helper.from_array(np.array([-1, d], dtype=np.int64), "shape"),
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(b, "B"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, folder / "model.onnx")
-    lines = ["tag_id,name,category,count"] + [f"{i},{n},{c},{1000 - i}" for i, (n, c) in enumerate(TAGGER_TAGS)]
-    (folder / "selected_tags.csv").write_text("\n".join(lines) + "\n")
-    return w, b
+    return write(folder, TAGGER_TAGS, size=TAGGER_SIZE, seed=seed)
 
 
 def write_tiny_scorer(folder: Path, seed: int = 0) -> tuple[Path, Path]:

@@ -22,8 +22,8 @@ PROMPTS = ["1girl, blue hair, smile, masterpiece", "1boy, red hair, outdoors"]
 class FakeTagger:
     """WD14Tagger's interface with a fixed answer: finds 1girl/1boy and blue hair, never the rest."""
 
-    names = ["1girl", "1boy", "blue_hair", "red_hair", "smile", "outdoors", "general", "sensitive"]
-    categories = [0, 0, 0, 0, 0, 0, 9, 9]
+    names = ("1girl", "1boy", "blue_hair", "red_hair", "smile", "outdoors", "general", "sensitive")
+    categories = (0, 0, 0, 0, 0, 0, 9, 9)
     name = "fake-wd14"
 
     def tag(self, images, general_threshold=0.35, character_threshold=0.85):
@@ -129,6 +129,13 @@ def test_cli_fid_kid_and_bad_input(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["n_real"] == 2 and data["n_fake"] == 2 and data["mode"] == "legacy" and not data["comparable"]
+    # The real-set cache is a pytorch-fid style .npz (mu, sigma): usable directly as REAL.
+    stats = next((tmp_path / "c").glob("*.npz"))
+    res = runner.invoke(app, ["eval", "fid", str(stats), str(tmp_path / "fake"), "--weights", "random", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["value"] == pytest.approx(data["value"], rel=1e-6)
+    res = runner.invoke(app, ["eval", "kid", str(stats), str(tmp_path / "fake"), "--weights", "random"])
+    assert res.exit_code == 2 and "not a statistics" in res.output
     res = runner.invoke(app, ["eval", "kid", str(tmp_path / "real"), str(tmp_path / "fake"), "--weights", "random",
                               "--kid-subsets", "3", "--cache-dir", str(tmp_path / "c")])
     assert res.exit_code == 0, res.output
@@ -143,7 +150,7 @@ def test_cli_fid_kid_and_bad_input(tmp_path):
 
 
 def test_cli_clip_run_and_compare(eval_run, tiny_sd15_dir, tiny_clip_dir, tmp_path):
-    root, out, _ = eval_run
+    _, out, _ = eval_run
     res = runner.invoke(app, ["eval", "clip", str(out / "images"), "--clip-model", str(tiny_clip_dir), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)

@@ -53,8 +53,8 @@ def test_recall_and_precision_per_tag_category_and_prompt():
 
 def test_tagger_vocabulary_marks_unknown_tags_as_ignored():
     class Tagger:  # the WD14Tagger interface: label list + categories + tag()
-        names = ["1girl", "smile", "blue_hair", "general", "explicit", "hatsune_miku"]
-        categories = [0, 0, 0, 9, 9, 4]
+        names = ("1girl", "smile", "blue_hair", "general", "explicit", "hatsune_miku")
+        categories = (0, 0, 0, 9, 9, 4)
         name = "fake"
 
         def tag(self, images, general_threshold, character_threshold):

@@ -30,8 +30,8 @@ from animegen.generate.speed import (
 from animegen.models.tiny import build_tiny_pipeline
 
 LAYOUT_TOL = 1e-3
-ALL_OFF = dict(channels_last=False, fuse_qkv=False, compile=False, vae_tiling=False, vae_slicing=False,
-               cuda_graphs=False)
+ALL_OFF = {"channels_last": False, "fuse_qkv": False, "compile": False, "vae_tiling": False,
+           "vae_slicing": False, "cuda_graphs": False}
 
 
 @pytest.fixture(scope="module")

@@ -224,3 +224,22 @@ def test_encode_text_on_bare_modules_supports_training(sdxl):
     assert grad is not None and grad.abs().sum() > 0
     sdxl.text_encoder.zero_grad(set_to_none=True)
     sdxl.text_encoder_2.zero_grad(set_to_none=True)
+
+
+def test_emphasis_on_a_zero_mean_chunk_stays_finite():
+    """A chunk whose mean is ~0 (LayerNorm output with zero bias) must not divide by ~0 into inf/NaN."""
+    import torch
+
+    from animegen.prompts.encode import apply_emphasis
+
+    z = torch.randn(1, 77, 16)
+    z = z - z.mean(dim=-1, keepdim=True)  # every token zero-mean, like a bias-free LayerNorm
+    w = torch.ones(1, 77)
+    w[0, 3] = 1.2
+    out = apply_emphasis(z, w)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out[0, 3], z[0, 3] * 1.2, atol=1e-6)
+    # an ordinary chunk still gets A1111's mean restoration
+    z2 = torch.randn(1, 77, 16) + 0.5
+    out2 = apply_emphasis(z2, w)
+    assert torch.allclose(out2.mean(), z2.mean(), atol=1e-6)

@@ -101,6 +101,14 @@ def test_bad_fields_are_422_naming_the_field(client, body, field):
     assert any(field in error["loc"] for error in response.json()["detail"])
 
 
+def test_img2img_zero_denoising_is_422_naming_the_a1111_field(client):
+    image = b64_png(Image.new("RGB", (64, 64)))
+    response = client.post("/sdapi/v1/img2img", json={"prompt": "x", "init_images": [image],
+                                                      "denoising_strength": 0, **SMALL})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "denoising_strength"]
+
+
 def test_img2img_matches_the_library(client, reference):
     init = Image.new("RGB", (64, 64), (200, 120, 40))
     body = {"prompt": "a cat", "init_images": [f"data:image/png;base64,{b64_png(init)}"], "seed": 7,

@@ -32,7 +32,9 @@ def test_generate_in_the_browser_and_read_png_info(serve_dirs, server_runner, tm
     playwright_api = pytest.importorskip("playwright.sync_api")
     expect = playwright_api.expect
     expect.set_options(timeout=90_000)
-    config = ServeConfig(model=str(serve_dirs["models"] / "tiny-a"), lora_dir=serve_dirs["loras"])
+    # Behind HTTP basic auth, so the UI's own calls (queue, uploads, events) are proven to pass it too.
+    config = ServeConfig(model=str(serve_dirs["models"] / "tiny-a"), lora_dir=serve_dirs["loras"],
+                         api_auth="artist:pw")
     a1111 = "a cat from a png\nNegative prompt: dog\nSteps: 3, Sampler: Euler, CFG scale: 6, Seed: 42, Size: 64x64"
     png = tmp_path / "a1111.png"
     info = PngImagePlugin.PngInfo()
@@ -42,7 +44,8 @@ def test_generate_in_the_browser_and_read_png_info(serve_dirs, server_runner, tm
     with server_runner(create_app(config)) as url, playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            page = browser.new_page()
+            assert browser.new_page().request.get(url + "/").status == 401  # no credentials, no UI
+            page = browser.new_context(http_credentials={"username": "artist", "password": "pw"}).new_page()
             page.set_default_timeout(90_000)
             page.goto(url + "/")
             page.locator("#txt2img_prompt textarea").fill("1girl, browser test")

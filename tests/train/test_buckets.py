@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
+from train_helpers import write_kohya
+
 from animegen.train.config import DataSection, DatasetEntry
 from animegen.train.data import TrainData, assign_bucket, make_buckets
-
-from train_helpers import write_kohya
 
 
 def test_buckets_respect_area_and_step():

@@ -83,7 +83,7 @@ def test_cli_init_writes_preset_and_rejects_unknown(tmp_path):
 
 
 def test_cli_bad_config_errors_before_loading_a_model(tmp_path, monkeypatch):
-    import animegen.train.trainer as trainer
+    from animegen.train import trainer
 
     monkeypatch.setattr(trainer, "load_base", lambda *a, **k: pytest.fail("model loaded"))
     f = tmp_path / "c.toml"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -47,13 +46,14 @@ def _emit(data: dict, as_json: bool, lines: list[str]) -> None:
 
 @app.command("fid")
 def fid_cmd(
-    real: Path = typer.Argument(..., help="Folder of real images (statistics cached by content hash)."),
+    real: Path = typer.Argument(..., help="Folder of real images (statistics cached by content hash), or a "
+                                "pytorch-fid statistics .npz (mu, sigma)."),
     fake: Path = typer.Argument(..., help="Folder of generated images."),
     weights: str = typer.Option("default", "--weights", "--fid-weights", help=WEIGHTS_HELP),
     mode: str = typer.Option("legacy", "--mode", "--fid-mode", callback=_mode, help=MODE_HELP),
     batch_size: int = typer.Option(50, "--batch-size", min=1, help="Images per Inception forward pass."),
     bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap resamples for the CI (0 = none)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (and of random weights)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
@@ -65,11 +65,13 @@ def fid_cmd(
                               bootstrap=bootstrap, cache_dir=cache_dir, seed=seed, kid_subsets=1)
     fid = block["fid"]
     line = f"FID: {fid['value']:.4f}"
+    fid["n_real"] = fid["n_real"] if fid["n_real"] is not None else "?"
     if "ci" in fid:
         ci = fid["ci"]
         line += f"  ({int(ci['confidence'] * 100)}% CI {ci['low']:.4f} .. {ci['high']:.4f})"
-    _emit(fid, as_json, [line, f"mode: {fid['mode']}  weights: {fid['weights']}  "
-                               f"images: {fid['n_real']} real / {fid['n_fake']} generated"])
+    detail = (f"mode: {fid['mode']}  weights: {fid['weights']}  "
+              f"images: {fid['n_real']} real / {fid['n_fake']} generated")
+    _emit(fid, as_json, [line, detail])
 
 
 @app.command("kid")
@@ -82,7 +84,7 @@ def kid_cmd(
     kid_subsets: int = typer.Option(100, "--kid-subsets", min=1, help="Random subsets to average over."),
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size", min=2,
                                         help="Images per subset (reduced to the smaller set's size)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -93,17 +95,18 @@ def kid_cmd(
         block = fid_kid_block(real, fake, fid_weights=weights, mode=mode, batch_size=batch_size, bootstrap=0,
                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, cache_dir=cache_dir,
                               seed=seed)
+    if "kid" not in block:
+        fail("KID needs the real images themselves, not a statistics .npz; pass the folder")
     kid = block["kid"]
     kid["warnings"] = [w for w in block["fid"]["warnings"] if "RANDOM" in w or "unreadable" in w] + kid["warnings"]
-    _emit(kid, as_json, [f"KID: {kid['mean']:.6f} ± {kid['std']:.6f}",
-                         f"{kid['n_subsets']} subsets of {kid['subset_size']}  mode: {kid['mode']}  "
-                         f"weights: {kid['weights']}"])
+    detail = f"{kid['n_subsets']} subsets of {kid['subset_size']}  mode: {kid['mode']}  weights: {kid['weights']}"
+    _emit(kid, as_json, [f"KID: {kid['mean']:.6f} ± {kid['std']:.6f}", detail])
 
 
 @app.command("clip")
 def clip_cmd(
     fake: Path = typer.Argument(..., help="Folder of generated images."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="One prompt per image, in sorted file order "
+    prompts: Path | None = typer.Option(None, "--prompts", help="One prompt per image, in sorted file order "
                                            "(default: each PNG's own infotext prompt)."),
     clip_model: str = typer.Option(..., "--clip-model", help="CLIP model folder or hub id."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
@@ -149,26 +152,26 @@ def run_cmd(
     prompts: Path = typer.Option(..., "--prompts", help="Prompt file: one per line, JSON list or TOML prompts=[]."),
     out: Path = typer.Option(..., "--out", help="Output folder (images/, metrics.json, report.html)."),
     lora: list[str] = typer.Option([], "--lora", help="LoRA as PATH_OR_NAME[:WEIGHT]; repeatable."),
-    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real images: enables FID and KID."),
+    real: Path | None = typer.Option(None, "--real", help="Folder of real images: enables FID and KID."),
     n_per_prompt: int = typer.Option(4, "--n-per-prompt", min=1, help="Images per prompt."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the first image; image k uses seed + k."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="A1111 sampler name (default: preset's)."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1),
-    cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", min=0),
-    width: Optional[int] = typer.Option(None, "--width"),
-    height: Optional[int] = typer.Option(None, "--height"),
+    sampler: str | None = typer.Option(None, "--sampler", help="A1111 sampler name (default: preset's)."),
+    steps: int | None = typer.Option(None, "--steps", min=1),
+    cfg_scale: float | None = typer.Option(None, "--cfg-scale", min=0),
+    width: int | None = typer.Option(None, "--width"),
+    height: int | None = typer.Option(None, "--height"),
     negative_prompt: str = typer.Option("", "--negative-prompt"),
     preset: str = typer.Option("none", "--preset", help="Prompt preset (see `animegen presets`)."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per generation batch."),
-    fid_weights: Optional[str] = typer.Option(None, "--fid-weights", help=WEIGHTS_HELP +
+    fid_weights: str | None = typer.Option(None, "--fid-weights", help=WEIGHTS_HELP +
                                               " Default: the torch hub cache if present, else FID is skipped."),
     fid_mode: str = typer.Option("legacy", "--fid-mode", callback=_mode, help=MODE_HELP),
     bootstrap: int = typer.Option(200, "--bootstrap", min=0),
-    clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP folder or hub id: enables CLIP score."),
-    tagger: Optional[str] = typer.Option(None, "--tagger", help="WD14 tagger folder or hub id: enables tag adherence."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP folder or hub id: enables CLIP score."),
+    tagger: str | None = typer.Option(None, "--tagger", help="WD14 tagger folder or hub id: enables tag adherence."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
+    device: str | None = typer.Option(None, "--device"),
+    dtype: str | None = typer.Option(None, "--dtype"),
 ) -> None:
     """Generate a seeded image set, compute every metric that has its inputs, write metrics.json + report.html."""
     from animegen.evaluate.run import run_eval

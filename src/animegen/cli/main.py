@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from animegen.cli import data as data_cli
+from animegen.cli import demo as demo_cli
 from animegen.cli import evaluate as eval_cli
 from animegen.cli import generate as generate_cli
 from animegen.cli import models as models_cli
@@ -21,6 +22,7 @@ app.add_typer(data_cli.app, name="data", help="Curate a dataset: ingest, tag, sc
 app.add_typer(train_cli.app, name="train", help="Fine-tune: LoRA family adapters or full fine-tunes.")
 app.add_typer(eval_cli.app, name="eval", help="Evaluate: FID, KID, CLIP score, tag adherence, reports.")
 serve_cli.register(app)
+demo_cli.register(app)
 
 if __name__ == "__main__":
     app()

@@ -72,6 +72,7 @@ def serve(
         typer.secho(f"error: cannot load --model {cfg.model}: {exc}", err=True, fg="red")
         raise typer.Exit(2) from None
     where = f"http://{'127.0.0.1' if cfg.host == '0.0.0.0' else cfg.host}:{cfg.port}"
-    typer.echo(f"web UI: {where}/   API: {where}/sdapi/v1   docs: {where}/docs")
+    ui_line = f"web UI: {where}/   " if cfg.ui else ""
+    typer.echo(f"{ui_line}API: {where}/sdapi/v1   docs: {where}/docs")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info",
                 limit_concurrency=max(64, 4 * cfg.max_queue))

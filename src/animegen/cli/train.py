@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from typer.core import TyperGroup
@@ -31,8 +30,8 @@ app = typer.Typer(cls=_ConfigOrCommand, no_args_is_help=True, help="Fine-tune: L
 def run_command(
     config: Path = typer.Argument(..., help="Training config (TOML); write one with `animegen train init`."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in train.output_dir."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key: --set optimizer.lr=1e-4"),
-    stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop after this step with a checkpoint "
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a config key: --set optimizer.lr=1e-4"),
+    stop_at: int | None = typer.Option(None, "--stop-at", help="Stop after this step with a checkpoint "
                                           "(for time-boxed/preemptible jobs); finish later with --resume."),
 ) -> None:
     """Train from CONFIG.toml."""

@@ -6,9 +6,9 @@ text encoder's context are truncated (and counted), as torchmetrics does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ class ClipScorer:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, model: str | Path, device: str | torch.device | None = None) -> "ClipScorer":
+    def load(cls, model: str | Path, device: str | torch.device | None = None) -> ClipScorer:
         from transformers import CLIPModel, CLIPProcessor
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -42,19 +42,8 @@ class FeatureSet:
 
 def _open_image(path: Path) -> Image.Image:
     """Validated RGB image through the data package (EXIF transpose, alpha on white, first frame)."""
-    try:
-        from animegen.data.image_io import open_image
-    except ImportError:  # data package not installed yet: same contract, minimal version
-        from PIL import ImageOps
+    from animegen.data.image_io import open_image
 
-        with Image.open(path) as im:
-            im.seek(0)
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            return im.convert("RGB")
     return open_image(path)
 
 

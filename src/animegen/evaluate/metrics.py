@@ -33,7 +33,7 @@ class FeatureStats:
     n: int
 
     @classmethod
-    def from_features(cls, feats: np.ndarray) -> "FeatureStats":
+    def from_features(cls, feats: np.ndarray) -> FeatureStats:
         feats = check_features(feats, "features", min_count=2)
         return cls(mu=np.mean(feats, axis=0), sigma=np.cov(feats, rowvar=False), n=len(feats))
 
@@ -110,6 +110,27 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray, method: str = "auto") 
         return _fid_lowrank(real, fake)
     a, b = FeatureStats.from_features(real), FeatureStats.from_features(fake)
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+
+
+def fid_stats_vs_features(mu: np.ndarray, sigma: np.ndarray, feats: np.ndarray) -> float:
+    """FID between stored statistics (e.g. a pytorch-fid `.npz`) and a feature set.
+
+    With S2 = B^T B (B = centred features / sqrt(n-1)), the non-zero eigenvalues of S1 S2 are those
+    of the small symmetric matrix B S1 B^T, so tr sqrt(S1 S2) needs no 2048x2048 `sqrtm`.
+    """
+    feats = check_features(feats, "generated set", 2)
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    if mu.shape != (feats.shape[1],) or sigma.shape != (feats.shape[1],) * 2:
+        raise MetricError(f"statistics have shape mu {mu.shape}, sigma {sigma.shape} but features are "
+                          f"{feats.shape[1]}-d: they come from different networks")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise MetricError("the stored statistics contain NaN/inf")
+    if len(feats) > feats.shape[1]:
+        return frechet_distance(mu, sigma, feats.mean(0), np.cov(feats, rowvar=False))
+    b = (feats - feats.mean(0)) / np.sqrt(len(feats) - 1)
+    inner = np.linalg.eigvalsh(b @ sigma @ b.T)
+    diff = mu - feats.mean(0)
+    return float(diff @ diff + np.trace(sigma) + (b * b).sum() - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
 
 
 def _fid_lowrank(x: np.ndarray, y: np.ndarray) -> float:

@@ -11,8 +11,8 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 
@@ -105,10 +105,13 @@ def metric_rows(metrics: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int = 1) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int = 1,
+           numeric_to: int | None = None) -> str:
+    """HTML table; cells are already escaped; columns numeric_from..numeric_to-1 are right-aligned."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    end = numeric_to if numeric_to is not None else 1 << 30
     body = "".join("<tr>" + "".join(
-        f"<td class='num'>{c}</td>" if i >= numeric_from else f"<td>{c}</td>" for i, c in enumerate(r))
+        f"<td class='num'>{c}</td>" if numeric_from <= i < end else f"<td>{c}</td>" for i, c in enumerate(r))
         + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -164,7 +167,7 @@ def write_run_report(run_dir: str | Path, data: dict | None = None, out: str | P
     parts.append("<h2>Run</h2>" + _table(["setting", "value"], cfg, numeric_from=2))
     parts.append("<h2>Metrics</h2>")
     rows = [(_e(n), v, _e(note)) for n, v, note in metric_rows(data.get("metrics", {}))]
-    parts.append(_table(["metric", "value", "notes"], rows, numeric_from=1) if rows
+    parts.append(_table(["metric", "value", "notes"], rows, numeric_from=1, numeric_to=2) if rows
                  else "<p>No metric could be computed.</p>")
     for name, why in data.get("skipped", {}).items():
         parts.append(f"<p>Not computed: <b>{_e(name)}</b> — {_e(why)}</p>")
@@ -193,7 +196,7 @@ def write_run_report(run_dir: str | Path, data: dict | None = None, out: str | P
         pp_rows.append((f"#{i}", _e(p["prompt"]), str(len(p["images"])), fmt(p.get("clip_score"), 2),
                         fmt(p.get("tag_recall")), _e(missing)))
     parts.append(_table(["#", "prompt", "images", "CLIP score", "tag recall", "missing tags (images)"],
-                        pp_rows, numeric_from=2))
+                        pp_rows, numeric_from=2, numeric_to=5))
     for i, p in enumerate(data.get("per_prompt", [])):
         parts.append(f"<h3>#{i}: {_e(_short(p['prompt'], 120))}</h3><div class='grid'>")
         for img in p["images"]:

@@ -11,8 +11,8 @@ import datetime as _dt
 import json
 import math
 import tomllib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -78,6 +78,8 @@ def fid_kid_block(real_dir: str | Path, fake: Sequence[Image.Image] | str | Path
     from animegen.evaluate.metrics import fid_bootstrap_ci, fid_from_features, fid_warnings, kid
 
     net = inception or build_fid_inception(fid_weights, seed=seed, device=device or feat.default_device())
+    if Path(real_dir).suffix == ".npz":
+        return {"fid": _fid_against_stats(Path(real_dir), fake, net, mode, batch_size, progress)}
     real = feat.folder_features(real_dir, net, mode=mode, batch_size=batch_size,
                                 cache_dir=cache_dir if cache_dir is not None else feat.default_cache_dir(),
                                 progress=progress)
@@ -99,7 +101,7 @@ def fid_kid_block(real_dir: str | Path, fake: Sequence[Image.Image] | str | Path
     for path, reason in real.skipped + skipped:
         notes.append(f"skipped unreadable image {path}: {reason}")
     fid = {"value": value, "mode": mode, "weights": net.weights_id, "comparable": comparable,
-           "n_real": int(len(real.features)), "n_fake": int(len(fake_feats)),
+           "n_real": len(real.features), "n_fake": len(fake_feats),
            "real_cache_hit": real.from_cache, "warnings": notes}
     if bootstrap:
         fid["ci"] = fid_bootstrap_ci(real.features, fake_feats, n_boot=bootstrap, seed=seed, point=value,
@@ -108,6 +110,37 @@ def fid_kid_block(real_dir: str | Path, fake: Sequence[Image.Image] | str | Path
     kid_block = {"mean": k.mean, "std": k.std, "subset_size": k.subset_size, "n_subsets": k.n_subsets,
                  "mode": mode, "weights": net.weights_id, "comparable": comparable, "warnings": k.warnings}
     return {"fid": fid, "kid": kid_block}
+
+
+def _fid_against_stats(stats_file: Path, fake, net, mode: str, batch_size: int, progress: bool) -> dict:
+    """FID of generated images against precomputed real statistics (pytorch-fid `.npz`: mu, sigma).
+
+    Only FID: KID and the bootstrap need the real features themselves.
+    """
+    from animegen.evaluate import features as feat
+    from animegen.evaluate.inception import is_random
+    from animegen.evaluate.metrics import fid_stats_vs_features, fid_warnings
+
+    if not stats_file.is_file():
+        raise MetricError(f"statistics file '{stats_file}' not found")
+    with np.load(stats_file, allow_pickle=False) as data:
+        if "mu" not in data or "sigma" not in data:
+            raise MetricError(f"'{stats_file}' lacks 'mu'/'sigma' arrays (pytorch-fid --save-stats format)")
+        mu, sigma = data["mu"], data["sigma"]
+        n_real = int(data["features"].shape[0]) if "features" in data else None
+    if isinstance(fake, (str, Path)):
+        fake_feats = feat.folder_features(fake, net, mode=mode, batch_size=batch_size, progress=progress).features
+    else:
+        fake_feats = feat.extract_features(list(fake), net, mode=mode, batch_size=batch_size, progress=progress)
+    notes = fid_warnings(n_real or len(fake_feats), len(fake_feats))
+    notes.append(f"real statistics read from {stats_file.name}: the resize mode and weights used to make "
+                 "them are not recorded there — make sure they match.")
+    comparable = not is_random(net)
+    if not comparable:
+        notes.insert(0, "FID computed with RANDOM Inception weights (test mode): not comparable with anything.")
+    return {"value": fid_stats_vs_features(mu, sigma, fake_feats), "mode": mode, "weights": net.weights_id,
+            "comparable": comparable, "n_real": n_real, "n_fake": len(fake_feats), "real_stats": str(stats_file),
+            "warnings": notes}
 
 
 def _resolve_fid_weights(fid_weights) -> tuple[object | None, str | None]:
@@ -197,7 +230,7 @@ def run_eval(model, prompts_file: str | Path | Sequence[str], out_dir: str | Pat
                 "n_prompts": len(prompts), "n_per_prompt": n_per_prompt, "seed": seed, "sampler": sampler,
                 "steps": steps, "cfg_scale": cfg_scale, "width": width, "height": height, "preset": preset,
                 "negative_prompt": negative_prompt, "real_dir": str(real_dir) if real_dir else None,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                 "animegen": __version__, "resolved": resolved}
     metrics, skipped, notes = {}, {}, list(broken)
     if fid_reason:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from animegen.evaluate.metrics import MetricError
 
@@ -120,8 +120,8 @@ def adherence_from_tags(prompts: Sequence[str], results: Sequence, *,
     for prompt, tags, (general, character, rating) in zip(prompts, wanted, predicted):
         seen = general | character | {rating}
         asked = [t for t in tags if t in cats]
-        for tag in cats:
-            found = (rating == tag) if cats[tag] == "rating" else tag in seen
+        for tag, cat in cats.items():
+            found = (rating == tag) if cat == "rating" else tag in seen
             detected[tag] += found
             if tag in asked:
                 support[tag] += 1

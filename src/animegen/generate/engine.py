@@ -80,9 +80,13 @@ class Generator:
                 found.setdefault(p.stem, p)
         return found
 
-    def resolve_lora(self, ref: str) -> Path:
+    def resolve_lora(self, ref: str, *, allow_path: bool = True) -> Path:
+        """A LoRA by file path (`allow_path`, for trusted callers) or by name from `lora_dir`/registered files.
+
+        Prompt tags (`<lora:name:w>`) resolve by name only, so a prompt cannot point at arbitrary files.
+        """
         path = Path(ref).expanduser()
-        if path.is_file():
+        if allow_path and path.is_file():
             return path
         known = self.available_loras()
         if ref in known:
@@ -108,7 +112,7 @@ class Generator:
 
         clean_prompt, tags = extract_lora_tags(resolved.prompt)
         recorded = resolved.prompt
-        loras = [(name, self.resolve_lora(name), weight) for name, weight in tags]
+        loras = [(name, self.resolve_lora(name, allow_path=False), weight) for name, weight in tags]
         for ref, weight in resolved.loras:
             path = self.resolve_lora(ref)
             self._known_loras.setdefault(path.stem, path)

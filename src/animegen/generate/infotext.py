@@ -113,11 +113,18 @@ def save_png(generated, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             generated.image.save(f, format="PNG", pnginfo=png_with_infotext(generated.image, generated.infotext))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a PNG should be readable like any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_png_infotext(path: str | os.PathLike) -> str | None:

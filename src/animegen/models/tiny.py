@@ -67,6 +67,20 @@ def _clip_config(hidden_act: str, projection_dim: int = 64):
     )
 
 
+def _like_trained_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Give LayerNorms non-trivial scales and biases, as trained encoders have.
+
+    Freshly initialised LayerNorms (weight 1, bias 0) make every CLIP token exactly zero-mean, a
+    degenerate case no real checkpoint has (A1111's emphasis normalisation divides by that mean).
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1.0, 0.1)
+                module.bias.normal_(0.0, 0.2)
+    return model
+
+
 def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
     """Return the diffusers pipeline components of a tiny random-weight model of `arch`."""
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
@@ -90,7 +104,7 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
         return {
             "unet": unet,
             "vae": _vae(0.18215, force_upcast=False),
-            "text_encoder": CLIPTextModel(_clip_config("quick_gelu")),
+            "text_encoder": _like_trained_norms(CLIPTextModel(_clip_config("quick_gelu"))),
             "tokenizer": load_tokenizer(),
             "scheduler": scheduler,
             "safety_checker": None,
@@ -118,8 +132,8 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
         return {
             "unet": unet,
             "vae": _vae(0.13025, force_upcast=True),
-            "text_encoder": CLIPTextModel(_clip_config("quick_gelu")),
-            "text_encoder_2": CLIPTextModelWithProjection(_clip_config("gelu", projection_dim=64)),
+            "text_encoder": _like_trained_norms(CLIPTextModel(_clip_config("quick_gelu"))),
+            "text_encoder_2": _like_trained_norms(CLIPTextModelWithProjection(_clip_config("gelu", projection_dim=64))),
             "tokenizer": load_tokenizer(),
             "tokenizer_2": load_tokenizer(pad_token="!"),
             "scheduler": scheduler,

@@ -164,7 +164,12 @@ def apply_emphasis(z: torch.Tensor, weights: torch.Tensor, emphasis: str = "Orig
     z32 = z.float()
     scaled = z32 * weights.to(z32)[..., None]
     if emphasis == "Original":
-        scaled = scaled * (z32.mean(dim=(1, 2), keepdim=True) / scaled.mean(dim=(1, 2), keepdim=True))
+        old_mean = z32.mean(dim=(1, 2), keepdim=True)
+        new_mean = scaled.mean(dim=(1, 2), keepdim=True)
+        # A1111 divides unguarded. A chunk whose mean is ~0 (e.g. a final LayerNorm with zero bias, as in
+        # freshly initialised encoders) would blow up to inf/NaN, so such rows keep their weighted values.
+        tiny = new_mean.abs() <= 1e-4 * scaled.abs().mean(dim=(1, 2), keepdim=True)
+        scaled = torch.where(tiny, scaled, scaled * (old_mean / torch.where(tiny, 1.0, new_mean)))
     return scaled.to(z.dtype)
 
 

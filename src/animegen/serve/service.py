@@ -255,7 +255,14 @@ class ServeService:
         self.queue.close()
 
 
+# GenerationRequest field → the A1111 request field a client actually sent.
+_A1111_FIELD = {"strength": "denoising_strength", "n": "n_iter", "hires_scale": "hr_scale",
+                "hires_steps": "hr_second_pass_steps", "hires_denoise": "denoising_strength",
+                "sampler": "sampler_name", "clip_skip": "CLIP_stop_at_last_layers"}
+
+
 def _field_of(message: str) -> str:
+    """The request field a GenerationRequest.validate() message is about (it starts with the name)."""
     word = message.split(" ", 1)[0]
-    return word if word.isidentifier() else "request"
+    return _A1111_FIELD.get(word, word) if word.isidentifier() else "request"
 

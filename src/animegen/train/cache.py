@@ -64,8 +64,8 @@ class LatentCache:
                 data = load_file(str(path))
                 self.hits += 1
                 return data["latent"], (int(data["crop"][0]), int(data["crop"][1]))
-            except Exception:  # a torn or foreign file: recompute and overwrite
-                pass
+            except (OSError, ValueError, RuntimeError, KeyError):  # torn or foreign file: recompute, overwrite
+                path.unlink(missing_ok=True)
         self.misses += 1
         latent, crop = encode(item, flip)
         path.parent.mkdir(parents=True, exist_ok=True)

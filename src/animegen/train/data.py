@@ -201,7 +201,7 @@ def make_buckets(max_area: int, step: int = 64, min_side: int = 256, max_side: i
             buckets.add((w, h))
             buckets.add((h, w))
         w += step
-    side = int(math.isqrt(max_area)) // step * step
+    side = math.isqrt(max_area) // step * step
     buckets.add((side, side))
     return sorted(buckets)
 

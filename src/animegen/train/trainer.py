@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +78,7 @@ class Trainer:
             self.pipe.scheduler = self.pipe.scheduler.from_config(
                 self.pipe.scheduler.config, prediction_type=self.noise_scheduler.config.prediction_type,
                 rescale_betas_zero_snr=cfg.model.zero_terminal_snr)
+        torch.manual_seed(cfg.train.seed)  # adapter initialisation (e.g. LoRA's kaiming A) is then reproducible
         self.trained = adapters_mod.prepare_models(self.pipe, cfg.adapter, cfg.train.gradient_checkpointing)
         full = cfg.adapter.kind == "full"
         for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
@@ -87,7 +87,8 @@ class Trainer:
                 continue
             if name not in self.trained or not full:
                 dtype = self.weight_dtype if name != "vae" or not module.config.get("force_upcast") else torch.float32
-                module.to(self.device, dtype=dtype)
+                if module.dtype != dtype:
+                    module.to(self.device, dtype=dtype)
             for p in module.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
@@ -192,7 +193,7 @@ class Trainer:
         missing = named.keys() - weights.keys()
         if missing:
             raise ValueError(f"checkpoint does not match this config: {len(missing)} trained weights missing "
-                             f"(e.g. {sorted(missing)[0]}); was adapter.* changed since it was written?")
+                             f"(e.g. {min(missing)}); was adapter.* changed since it was written?")
         with torch.no_grad():
             for k, p in named.items():
                 p.copy_(weights[k])
@@ -384,7 +385,3 @@ def train(config: TrainConfig, resume: bool = False, *, stop_at: int | None = No
         base = str(out / "export" / f"{stage.export.name}_diffusers")
     assert result is not None
     return result
-
-
-def estimate_steps_per_epoch(data: TrainData, global_batch: int) -> int:
-    return max(1, math.ceil(sum(it.repeats for it in data.train) / global_batch))

@@ -1,0 +1,26 @@
+"""`animegen demo`: the whole loop on a tiny model, offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from animegen.cli.common import user_errors
+
+
+def demo_command(
+    out: Path = typer.Option(Path("demo"), help="Folder for everything the demo makes."),
+    steps: int = typer.Option(120, help="LoRA training steps."),
+    seed: int = typer.Option(0, help="Seed for the model, data, training and generation."),
+) -> None:
+    """Make a dataset, tag it, train a LoRA, generate with and without it, evaluate, write the report."""
+    from animegen.demo import run_demo
+
+    with user_errors():
+        result = run_demo(out, steps=steps, seed=seed, log=typer.echo)
+    typer.echo(f"report: {result.comparison}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_command)
