@@ -47,7 +47,7 @@ def make_concept_images(folder: Path, n: int = 16, size: int = 64, seed: int = 0
     return folder
 
 
-def run_demo(out: str | Path, *, steps: int = 120, seed: int = 0,
+def run_demo(out: str | Path, *, steps: int = 60, seed: int = 0,
              log: Callable[[str], None] = print) -> DemoResult:
     from animegen.data.ingest import ingest
     from animegen.data.tagger import WD14Tagger
@@ -79,11 +79,11 @@ def run_demo(out: str | Path, *, steps: int = 120, seed: int = 0,
     log(f"4/6 training a LoRA for {steps} steps")
     config = validate_config({
         "model": {"base": str(model)},
-        "adapter": {"kind": "lora", "rank": 8, "alpha": 8.0},
-        "optimizer": {"name": "adamw", "lr": 3e-3, "scheduler": "constant"},
+        "adapter": {"kind": "lora", "rank": 4, "alpha": 4.0, "targets": "attention_ff"},
+        "optimizer": {"name": "adamw", "lr": 2e-2, "scheduler": "constant"},
         "data": {"datasets": [{"path": str(source.parent)}], "resolution": 64, "min_bucket_side": 64,
                  "max_bucket_side": 64, "shuffle_tags": False},
-        "train": {"output_dir": str(out / "train"), "max_steps": steps, "batch_size": 4, "device": "cpu",
+        "train": {"output_dir": str(out / "train"), "max_steps": steps, "batch_size": 2, "device": "cpu",
                   "seed": seed, "mixed_precision": "no"},
         "log": {"progress": True, "tensorboard": False},
         "export": {"name": "zxq", "formats": ["kohya"], "dtype": "fp32"},
@@ -92,7 +92,7 @@ def run_demo(out: str | Path, *, steps: int = 120, seed: int = 0,
     lora = result.exported["kohya"]
 
     log("5/6 generating and evaluating without and with the LoRA")
-    common = dict(n_per_prompt=4, seed=seed, steps=12, sampler="Euler", width=64, height=64,
+    common = dict(n_per_prompt=4, seed=seed, steps=8, sampler="Euler", width=64, height=64,
                   real_dir=source, fid_weights="random", tagger=tagger, progress=False, device="cpu")
     base_metrics = run_eval(model, PROMPTS, out / "eval-base", **common)
     lora_metrics = run_eval(model, PROMPTS, out / "eval-lora", loras=[(str(lora), 1.0)], **common)

@@ -188,7 +188,7 @@ def test_vae_slicing_decodes_a_batch_like_one_at_a_time(fresh):
 def test_generator_with_speedups_matches_plain_generator(fresh):
     from animegen.generate import GenerationRequest, Generator
 
-    request = GenerationRequest(prompt="1girl, (smile:1.2)", negative_prompt="lowres", steps=3, seed=7,
+    request = GenerationRequest(prompt="1girl, (smile:1.2)", negative_prompt="lowres", steps=2, seed=7,
                                 width=64, height=64, n=2, batch_size=2, sampler="Euler a")
     plain = Generator("tiny", pipe=fresh("sdxl"))(request)
     pipe = fresh("sdxl")

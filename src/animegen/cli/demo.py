@@ -11,7 +11,7 @@ from animegen.cli.common import user_errors
 
 def demo_command(
     out: Path = typer.Option(Path("demo"), help="Folder for everything the demo makes."),
-    steps: int = typer.Option(120, help="LoRA training steps."),
+    steps: int = typer.Option(60, help="LoRA training steps."),
     seed: int = typer.Option(0, help="Seed for the model, data, training and generation."),
 ) -> None:
     """Make a dataset, tag it, train a LoRA, generate with and without it, evaluate, write the report."""

@@ -56,6 +56,14 @@ def generate_command(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16."),
     allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.pt/.bin checkpoints (tensors only)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                 help="UNet/VAE memory format (default: on with CUDA)."),
+    fuse_qkv: Optional[bool] = typer.Option(None, "--fuse-qkv/--no-fuse-qkv",
+                                            help="Fused attention projections (default: on with CUDA)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                           help="torch.compile the UNet (slow first call, cached after)."),
+    vae_tiling: Optional[bool] = typer.Option(None, "--vae-tiling/--no-vae-tiling",
+                                              help="Decode large images tile by tile to save memory."),
 ) -> None:
     """Generate images; each PNG carries A1111-compatible infotext."""
     from tqdm import tqdm
@@ -79,8 +87,12 @@ def generate_command(
                 init_image=open_image(init_image) if init_image else None, strength=strength,
                 hires_scale=hires_scale, hires_steps=hires_steps, hires_denoise=hires_denoise)
         request.validate()
+        from animegen.generate.speed import SpeedupConfig
+
+        speedups = SpeedupConfig(channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile,
+                                 vae_tiling=vae_tiling)
         generator = Generator(model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                              lora_dir=lora_dir, preset_file=preset_file)
+                              lora_dir=lora_dir, preset_file=preset_file, speedups=speedups)
         if from_png is not None:
             for path, _ in (parse_lora_arg(x) for x in lora):
                 generator.register_lora(path)  # names for the <lora:...> tags recorded in the prompt

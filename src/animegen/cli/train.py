@@ -23,7 +23,8 @@ class _ConfigOrCommand(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-app = typer.Typer(cls=_ConfigOrCommand, no_args_is_help=True, help="Fine-tune: LoRA family adapters or full fine-tunes.")
+app = typer.Typer(cls=_ConfigOrCommand, no_args_is_help=True, help="Fine-tune: LoRA family adapters or full fine-tunes.",
+                  epilog="Run a config: animegen train CONFIG.toml [--resume] [--set key=value ...] [--stop-at N]")
 
 
 @app.command("run", hidden=True)

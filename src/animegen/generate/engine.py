@@ -46,7 +46,8 @@ class Generator:
 
     def __init__(self, model: str | os.PathLike, *, vae: str | os.PathLike | None = None,
                  device: str | None = None, dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
-                 lora_dir: str | os.PathLike | None = None, pipe=None, preset_file: str | os.PathLike | None = None):
+                 lora_dir: str | os.PathLike | None = None, pipe=None, preset_file: str | os.PathLike | None = None,
+                 speedups=None):
         from animegen.models.loading import load_pipeline, model_hash, model_name
 
         self.model = str(model)
@@ -63,6 +64,10 @@ class Generator:
         self._lora_cache: dict[tuple[str, int], Any] = {}
         self._img2img = None
         self.lock = threading.Lock()
+        from animegen.generate.speed import SpeedupConfig, apply_speedup_config
+
+        # on CPU the default config changes nothing; on CUDA it turns on channels_last and fused QKV
+        self.speedup_report = apply_speedup_config(self.pipe, speedups or SpeedupConfig())
 
     # ---- LoRA resolution -------------------------------------------------------------------------
     def register_lora(self, path: str | os.PathLike) -> str:
@@ -121,12 +126,14 @@ class Generator:
         return clean_prompt, recorded, loras
 
     def _apply_loras(self, loras: list[tuple[str, Path, float]]) -> None:
+        from animegen.generate.speed import sync_fused_qkv
         from animegen.models.lora import apply_loras, remove_loras
 
-        if not loras:
+        if loras:
+            apply_loras(self.pipe, [(self._read_lora(path), weight) for _, path, weight in loras])
+        else:
             remove_loras(self.pipe)
-            return
-        apply_loras(self.pipe, [(self._read_lora(path), weight) for _, path, weight in loras])
+        sync_fused_qkv(self.pipe)  # fused QKV layers copy to_q/k/v weights: refresh them after a merge
 
     # ---- generation ------------------------------------------------------------------------------
     @property

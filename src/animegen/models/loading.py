@@ -101,7 +101,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, local_files_only: bool = True
         )
     cls = _pipeline_class(json.loads(index.read_text())["_class_name"])
     extra = {"safety_checker": None, "requires_safety_checker": False} if "XL" not in cls.__name__ else {}
-    return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=local_files_only, **extra)
+    return cls.from_pretrained(folder, dtype=dtype, local_files_only=local_files_only, **extra)
 
 
 def _load_hub(repo_id: str, dtype: torch.dtype):
@@ -145,7 +145,7 @@ def load_vae(vae: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool = Fa
         sub = "vae" if (path / "vae" / "config.json").is_file() else None
         if sub is None and not (path / "config.json").is_file():
             raise ModelLoadError(f"VAE folder {path} has neither config.json nor vae/config.json")
-        return AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype, local_files_only=True)
+        return AutoencoderKL.from_pretrained(path, subfolder=sub, dtype=dtype, local_files_only=True)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
             refuse_pickle(path)

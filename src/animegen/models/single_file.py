@@ -189,7 +189,7 @@ def _resolve_vae(vae: Any, family: Family, dtype, allow_pickle: bool):
         from diffusers import AutoencoderKL
 
         sub = vae_path / "vae" if (vae_path / "vae" / "config.json").is_file() else vae_path
-        return AutoencoderKL.from_pretrained(str(sub), torch_dtype=dtype, local_files_only=True)
+        return AutoencoderKL.from_pretrained(str(sub), dtype=dtype, local_files_only=True)
     return load_vae_file(vae_path, allow_pickle=allow_pickle, dtype=dtype, family=family)
 
 
