@@ -62,8 +62,9 @@ def test_exported_adapter_equals_trained_model(tmp_path, kind, targets, te):
         apply_loras(base, [(read_lora(path), 1.0)])
         got, got_hidden = _unet_out(base, hidden=want_hidden)
         torch.testing.assert_close(got_hidden, want_hidden, atol=1e-5, rtol=1e-4)
-        # DoRA's unmerged forward normalises per call (different float order than the merged weight)
-        atol = 2e-4 if kind == "dora" else 1e-5
+        # DoRA's unmerged forward normalises per call and IA3 scales activations instead of weights: a
+        # different float order, which the random tiny UNet amplifies (weights themselves match to 1e-6)
+        atol = 5e-4 if kind in ("dora", "ia3") else 1e-5
         torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
         assert (got - want).abs().max() < 0.05 * (want - before).abs().max()
         remove_loras(base)

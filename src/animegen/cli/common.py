@@ -14,9 +14,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Bad input (ValueError, missing files, refused pickles) → a one-line error, not a traceback."""
+def user_errors(*extra: type[BaseException]):
+    """Bad input (ValueError, unreadable files, refused pickles, `extra` types) → one line, exit code 2."""
     try:
         yield
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, OSError, KeyError, *extra) as e:
         fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))

@@ -6,7 +6,6 @@ where it stopped. Sources are only ever read.
 
 from __future__ import annotations
 
-import contextlib
 from enum import Enum
 from pathlib import Path
 
@@ -14,21 +13,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from animegen.cli.common import user_errors
+
 app = typer.Typer(no_args_is_help=True, help="Curate a dataset: ingest, tag, score, caption, balance, export.")
 console = Console()
 err = Console(stderr=True)
 
 
-@contextlib.contextmanager
 def _user_errors():
-    """Bad input -> one red line and exit code 2 instead of a traceback."""
+    """Bad input (also unreadable images and runtime errors of a stage) → one red line, exit code 2."""
     from animegen.data.image_io import ImageError
 
-    try:
-        yield
-    except (OSError, ValueError, RuntimeError, ImageError, KeyError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+    return user_errors(ImageError, RuntimeError)
 
 
 def _parse_pairs(items: list[str], what: str) -> dict[str, str]:
