@@ -1,6 +1,15 @@
 """2 CPU processes (gloo, launched by torchrun) gives the same weights as one process with the same
 global batch: each process takes its slice of the global batch, noise is keyed by global slot, DDP
-averages the gradients."""
+averages the gradients.
+
+"The same" means equal up to float32 rounding, and on the tiny random UNet that rounding is large in
+the down blocks: their LoRA gradients are small sums of cancelling terms, so computing the batch as
+2 + 2 instead of 4 (other matmul blocking, another all-reduce summation order) changes them by ~1e-3
+relative although in float64 the two agree to ~1e-12 (checked while fixing the former xfail here).
+Adam's first step is g / (|g| + eps), which passes that relative noise straight into the weights.
+So the weights are compared per tensor by relative norm with a 1e-2 tolerance, and the test proves the
+tolerance discriminates: a one-process run on only rank 0's half of the batch is far outside it.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +41,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: step-1 loss matches (data slicing, per-slot noise) and the all-reduced gradients equal the "
-    "single-process ones when probed after backward, yet after the optimizer step the lora_up weights of "
-    "down-block modules differ (mid/up-block modules match); cause not found yet"))
 def test_two_gloo_processes_equal_one_process(tmp_path, tiny_sd15_dir):
     write_kohya(tmp_path / "data", "red", RED, "zxq, red", n=3)
     write_kohya(tmp_path / "data", "blue", (0, 0, 255), "blue", n=3)
@@ -64,5 +69,20 @@ def test_two_gloo_processes_equal_one_process(tmp_path, tiny_sd15_dir):
     assert a.keys() == b.keys()
     moved = max(float(v.abs().max()) for k, v in a.items() if "lora_up" in k)
     assert moved > 1e-4
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-3)
+
+    def rel_err(x: dict, k: str) -> float:
+        return float((x[k] - a[k]).norm() / a[k].norm().clamp_min(1e-12))
+
+    learned = [k for k in a if "lora_up" in k and float(a[k].norm()) > 1e-3]
+    assert len(learned) > 10
+    assert max(rel_err(b, k) for k in learned) < 1e-2
+    for k in a:  # lora_down: the (identical) initialisation plus one small step; single elements of lora_up
+        if "lora_up" in k:  # whose gradient is near 0 can differ in relative terms, so compare norms there
+            assert float((b[k] - a[k]).norm()) <= 1e-2 * float(a[k].norm()) + 1e-5, k
+        else:
+            torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-2)
+    # the discriminating reference: rank 0's half batch alone (what a missing all-reduce would give)
+    half = tiny_config(tiny_sd15_dir, tmp_path / "data", tmp_path / "half",
+                       train={"max_steps": 1, "batch_size": 2, "device": "cpu"}, **common)
+    c = load_file(train(half).exported["kohya"])
+    assert min(max(rel_err(c, k) for k in learned), 1.0) > 0.1
