@@ -145,16 +145,12 @@ def _map_path(name: str, prefixes: Mapping[str, tuple[str, str]], inner: Mapping
     return None
 
 
-@lru_cache(maxsize=16)
-def _unet_map_cached(config_json: str) -> dict[str, str]:
+def _map_model_modules(model_class, cfg: dict, prefixes: dict, inner: dict) -> dict[str, str]:
+    """Walk an empty (meta-device) model built from `cfg` and map each weighted module / block path."""
     from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
 
-    cfg = json.loads(config_json)
-    prefixes = _unet_prefixes(cfg)
     with init_empty_weights():
-        model = UNet2DConditionModel.from_config(cfg)
-    inner = {"resnet": _UNET_RESNET}
+        model = model_class.from_config(cfg)
     result = {}
     for name, module in model.named_modules():
         if not name or not (any(True for _ in module.parameters(recurse=False)) or name in prefixes):
@@ -163,6 +159,14 @@ def _unet_map_cached(config_json: str) -> dict[str, str]:
         if ldm is not None:
             result[name] = ldm
     return result
+
+
+@lru_cache(maxsize=16)
+def _unet_map_cached(config_json: str) -> dict[str, str]:
+    from diffusers import UNet2DConditionModel
+
+    cfg = json.loads(config_json)
+    return _map_model_modules(UNet2DConditionModel, cfg, _unet_prefixes(cfg), {"resnet": _UNET_RESNET})
 
 
 def unet_module_map(unet_config: Any) -> dict[str, str]:
@@ -207,22 +211,11 @@ def _vae_prefixes(cfg: dict) -> dict[str, tuple[str, str]]:
 
 @lru_cache(maxsize=16)
 def _vae_map_cached(config_json: str) -> dict[str, str]:
-    from accelerate import init_empty_weights
     from diffusers import AutoencoderKL
 
     cfg = json.loads(config_json)
-    prefixes = _vae_prefixes(cfg)
-    with init_empty_weights():
-        model = AutoencoderKL.from_config(cfg)
     inner = {"resnet": _VAE_RESNET, "attention": _VAE_ATTENTION}
-    result = {}
-    for name, module in model.named_modules():
-        if not name or not (any(True for _ in module.parameters(recurse=False)) or name in prefixes):
-            continue
-        ldm = _map_path(name, prefixes, inner)
-        if ldm is not None:
-            result[name] = ldm
-    return result
+    return _map_model_modules(AutoencoderKL, cfg, _vae_prefixes(cfg), inner)
 
 
 def vae_module_map(vae_config: Any) -> dict[str, str]:
