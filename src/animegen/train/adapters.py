@@ -1,6 +1,8 @@
 """Attach trainable adapters (peft) or unfreeze weights for a full fine-tune.
 
-Target presets follow kohya/LyCORIS practice: `attention` = the q/k/v/out projections of every
+Target presets follow kohya/LyCORIS practice: `cross_attention` = only the cross-attention key/value
+projections, which read the text (the adapter then changes images only through the prompt, the least
+drift for prompts without the trigger); `attention` = the q/k/v/out projections of every
 attention layer; `attention_ff` adds the transformer blocks' feed-forward and proj_in/proj_out;
 `attention_ff_conv` (and adapter kind `locon`) adds the ResNet and resampler convolutions; IA3 follows
 the (IA)^3 paper (keys, values, feed-forward hidden activations). Text
@@ -13,6 +15,7 @@ import torch
 
 from animegen.train.config import AdapterSection
 
+UNET_CROSS_ATTN = ["attn2.to_k", "attn2.to_v"]  # where the text enters: changes follow the prompt
 UNET_ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 UNET_FF = ["ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
 UNET_CONV = ["conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv"]
@@ -22,6 +25,8 @@ ADAPTER_PARAM_MARKERS = ("lora_", "hada_", "lokr_", "ia3_")
 
 
 def unet_targets(cfg: AdapterSection) -> list[str]:
+    if cfg.targets == "cross_attention" and cfg.kind != "locon":
+        return list(UNET_CROSS_ATTN)
     if cfg.kind == "ia3":  # (IA)^3 proper: scale keys, values and the feed-forward's hidden activations
         return ["to_k", "to_v"] + (["ff.net.2"] if cfg.targets != "attention" else [])
     targets = list(UNET_ATTN)

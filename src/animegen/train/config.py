@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 AdapterKind = Literal["lora", "locon", "loha", "lokr", "ia3", "dora", "full"]
-TargetPreset = Literal["attention", "attention_ff", "attention_ff_conv"]
+TargetPreset = Literal["cross_attention", "attention", "attention_ff", "attention_ff_conv"]
 
 
 class ConfigError(ValueError):
@@ -67,6 +67,7 @@ class LossSection(_Section):
     huber_c: float = Field(0.1, gt=0)
     min_snr_gamma: float = Field(0.0, ge=0, description="0 turns min-SNR weighting off; 5 is the paper's value.")
     noise_offset: float = Field(0.0, ge=0)
+    prior_loss_weight: float = Field(1.0, ge=0, description="Loss weight of samples from `is_reg` datasets (kohya's name).")
 
 
 class DatasetEntry(_Section):
@@ -76,6 +77,10 @@ class DatasetEntry(_Section):
     weight: float = Field(1.0, gt=0)
     caption_extension: str = ".txt"
     caption_columns: list[str] = Field(default_factory=lambda: ["caption"])
+    is_reg: bool = Field(False, description=(
+        "A regularisation (prior-preservation) set, kohya's `reg_data_dir`: the base model's own images for a "
+        "class prompt (e.g. '1girl'), captioned with it. Keeps prompts without the trigger where they were; "
+        "its loss is scaled by loss.prior_loss_weight and it is never held out for validation."))
 
 
 class DataSection(_Section):
@@ -91,6 +96,14 @@ class DataSection(_Section):
     keep_tokens: int = Field(0, ge=0)
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
     caption_preset: str = "none"
+    max_chunks: int = Field(3, ge=1, description=(
+        "Captions are encoded like generation prompts (A1111): 75-token chunks, each its own 77-token pass. "
+        "Longer captions are cut after this many chunks; 1 = kohya's default 75-token truncation, 2/3 = "
+        "kohya's max_token_length 150/225. Default 3 so long tag captions train as they are prompted."))
+    clip_skip: int = Field(1, ge=1, description="A1111 numbering (1 = no skip), as in `animegen generate`.")
+    emphasis: Literal["Original", "No norm", "Ignore", "None"] = Field("Original", description=(
+        "How `(tag:1.2)` in captions is read, as in generation; 'None' reads parentheses literally "
+        "(escape them as `\\(` in tag captions otherwise, as for prompts)."))
     cache_latents: bool = True
     cache_text_embeddings: bool = True
     cache_dir: str | None = None

@@ -42,6 +42,7 @@ class Item:
     size: tuple[int, int] = (0, 0)  # (width, height)
     bucket: tuple[int, int] = (0, 0)
     dataset: int = 0
+    is_reg: bool = False  # from a regularisation (prior-preservation) dataset
 
     def read_bytes(self) -> bytes:
         if "::" in self.source:
@@ -101,7 +102,9 @@ def _read_kohya(root: Path, entry: DatasetEntry, index: int) -> list[Item]:
 def _read_manifest(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
     """An `animegen data` manifest (`manifest.jsonl`, see `animegen.data.manifest`): rows with status "ok"
     train; the row's own `repeats` and `weight` (from `animegen data balance`) multiply the dataset's.
-    A list column (e.g. `tags`) joins to a comma-separated caption."""
+    A list column (e.g. `tags`) joins to a comma-separated caption. A row with none of the configured
+    columns gets the caption `animegen data export` would write for it (caption, else tags, else sidecar)."""
+    from animegen.data.export import row_caption
     from animegen.data.manifest import MANIFEST_NAME, read_rows
 
     if path.is_dir():
@@ -120,7 +123,7 @@ def _read_manifest(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
             if value:
                 captions.append(str(value).strip())
         repeats = entry.repeats * entry.weight * (row.repeats or 1) * (row.weight if row.weight is not None else 1.0)
-        items.append(Item(str(img_path), captions or [""], repeats, dataset=index))
+        items.append(Item(str(img_path), captions or [row_caption(row)], repeats, dataset=index))
     return items
 
 
@@ -174,6 +177,7 @@ def read_dataset(entry: DatasetEntry, index: int = 0) -> list[Item]:
     if not items:
         raise DataError(f"data.datasets[{index}].path: {str(path)!r} holds no images")
     for item in items:
+        item.is_reg = entry.is_reg
         try:
             with Image.open(io.BytesIO(item.read_bytes()) if "::" in item.source else item.source) as im:
                 item.size = _oriented_size(im)
@@ -245,6 +249,15 @@ def _stable_unit(*parts: object) -> float:
     return int.from_bytes(digest[:8], "little") / 2**64
 
 
+def _relative_source(source: str, dataset_path: str) -> str:
+    root = Path(dataset_path)
+    root = root.parent if root.is_file() else root
+    try:
+        return Path(source).relative_to(root).as_posix()
+    except ValueError:
+        return source
+
+
 def step_rng(seed: int, step: int, slot: int) -> random.Random:
     """Per-sample randomness: depends only on the run seed, the step and the sample's global slot."""
     return random.Random(hashlib.sha256(f"{seed}/{step}/{slot}".encode()).digest())
@@ -271,8 +284,11 @@ class TrainData:
             it.bucket = assign_bucket(it.size, buckets, no_upscale=cfg.bucket_no_upscale,
                                       max_area=max_area, step=cfg.bucket_step)
         data = cls(cfg, seed)
-        for it in items:  # held-out split by a stable hash of the source: independent of listing order
-            (data.val if _stable_unit(seed, it.source) < cfg.validation_split else data.train).append(it)
+        for it in items:  # held-out split by a stable hash of the source relative to its dataset: independent
+            # of listing order and of where the dataset folder lives
+            key = _relative_source(it.source, cfg.datasets[it.dataset].path)
+            held_out = not it.is_reg and _stable_unit(seed, key) < cfg.validation_split
+            (data.val if held_out else data.train).append(it)
         if not data.train:
             raise DataError("data.validation_split leaves no training images; lower it")
         return data

@@ -149,6 +149,8 @@ def kohya_metadata(config: TrainConfig, *, is_sdxl: bool, steps: int, num_images
         "ss_max_bucket_reso": str(d.max_bucket_side),
         "ss_shuffle_caption": str(d.shuffle_tags),
         "ss_keep_tokens": str(d.keep_tokens),
+        "ss_max_token_length": "None" if d.max_chunks == 1 else str(75 * d.max_chunks),
+        "ss_clip_skip": "None" if d.clip_skip == 1 else str(d.clip_skip),
         "ss_caption_dropout_rate": str(d.caption_dropout),
         "ss_flip_aug": str(d.random_flip),
         "ss_random_crop": str(d.random_crop),

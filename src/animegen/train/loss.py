@@ -60,8 +60,9 @@ def target_for(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, time
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, noise_scheduler,
-                   cfg: LossSection) -> torch.Tensor:
-    """Mean loss over the batch; per-sample min-SNR-γ weights (Hang et al. 2023) when γ > 0."""
+                   cfg: LossSection, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean loss over the batch; per-sample min-SNR-γ weights (Hang et al. 2023) when γ > 0, and
+    `sample_weights` (e.g. prior_loss_weight on regularisation images) multiplied in before the mean."""
     pred, target = pred.float(), target.float()
     if cfg.type == "l2":
         per = F.mse_loss(pred, target, reduction="none")
@@ -79,4 +80,6 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Te
         else:
             weight = clipped / s.clamp_min(1e-8)
         per = per * weight.to(per.dtype)
+    if sample_weights is not None:
+        per = per * sample_weights.to(per.device, per.dtype)
     return per.mean()

@@ -42,6 +42,20 @@ class TrainResult:
     finished: bool = True
 
 
+class _CallThrough:
+    """A text encoder for `encode_text`: calls go through the DDP wrapper (so gradients are synchronised),
+    attribute reads (`config`, `text_model`, parameters) go to the bare module."""
+
+    def __init__(self, call, module: torch.nn.Module):
+        self._call, self._module = call, module
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
 def load_base(config: TrainConfig, device: str):
     """The base pipeline in float32 (trainable weights need full precision; frozen parts are cast later)."""
     from animegen.models.loading import load_pipeline
@@ -52,13 +66,16 @@ def load_base(config: TrainConfig, device: str):
 
 class Trainer:
     def __init__(self, config: TrainConfig, *, accelerator=None):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
 
         self.config = config
         t = config.train
+        # Trained text encoders have layers the conditioning never reads (SDXL: TE1's last layer; clip
+        # skip > 1), whose weights get no gradient; DDP must be told, or it waits for them forever.
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=config.adapter.train_text_encoder)
         self.accelerator = accelerator or Accelerator(
             mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps,
-            cpu=t.device == "cpu", step_scheduler_with_optimizer=False)
+            cpu=t.device == "cpu", step_scheduler_with_optimizer=False, kwargs_handlers=[ddp])
         self.device = self.accelerator.device
         self.output_dir = Path(t.output_dir)
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[t.mixed_precision]
@@ -153,25 +170,32 @@ class Trainer:
                 self.latent_cache.get(it, f, self._encode_image)
 
     def _encode_text_uncached(self, caption: str) -> tuple[torch.Tensor, ...]:
-        pipe = self.pipe
+        """One caption through the prompt encoder generation uses (emphasis, 75-token chunks, clip skip),
+        with the (possibly DDP-wrapped, trained) text encoders; gradients flow when they train."""
+        from animegen.prompts.encode import encode_text
 
-        def ids(tokenizer):
-            return tokenizer([caption], padding="max_length", max_length=tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-
-        te1 = self.wrapped.get("text_encoder", pipe.text_encoder)
-        if not self.is_sdxl:
-            return (te1(ids(pipe.tokenizer))[0][0],)
-        te2 = self.wrapped.get("text_encoder_2", pipe.text_encoder_2)
-        h1 = te1(ids(pipe.tokenizer), output_hidden_states=True).hidden_states[-2]
-        out2 = te2(ids(pipe.tokenizer_2), output_hidden_states=True)
-        return torch.cat([h1, out2.hidden_states[-2]], dim=-1)[0], out2.text_embeds[0]
+        pipe, d = self.pipe, self.config.data
+        names = ["text_encoder", "text_encoder_2"] if self.is_sdxl else ["text_encoder"]
+        encoders = [_CallThrough(self.wrapped.get(n, getattr(pipe, n)), getattr(pipe, n)) for n in names]
+        tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if self.is_sdxl else [pipe.tokenizer]
+        out = encode_text(tokenizers, encoders, [caption], clip_skip=d.clip_skip, emphasis=d.emphasis,
+                          arch="sdxl" if self.is_sdxl else "sd1", max_chunks=d.max_chunks)
+        return (out.embeds[0],) if out.pooled is None else (out.embeds[0], out.pooled[0])
 
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 77 * chunks, C) hidden states and SDXL pooled; shorter captions are padded with the
+        encoding of an empty chunk, exactly as `encode_text` pads a batch (so caching per caption is exact)."""
         outs = [self.text_cache.get(c, self._encode_text_uncached) for c in captions]
-        hidden = torch.stack([o[0] for o in outs])
+        longest = max(o[0].shape[0] for o in outs)
+        hidden = []
+        for o in outs:
+            h = o[0]
+            if h.shape[0] < longest:
+                empty = self.text_cache.get("", self._encode_text_uncached)[0]
+                h = torch.cat([h, empty.repeat((longest - h.shape[0]) // empty.shape[0], 1)])
+            hidden.append(h)
         pooled = torch.stack([o[1] for o in outs]) if self.is_sdxl else None
-        return hidden, pooled
+        return torch.stack(hidden), pooled
 
     def predict(self, unet, noisy, timesteps, captions, items, crops) -> torch.Tensor:
         hidden, pooled = self.encode_text(captions)
@@ -248,7 +272,10 @@ class Trainer:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         pred = self.predict(self.unet_train, noisy, timesteps, captions, items, crops)
         target = target_for(self.noise_scheduler, latents, noise, timesteps)
-        return diffusion_loss(pred, target, timesteps, self.noise_scheduler, self.config.loss)
+        weights = None
+        if any(it.is_reg for it in items):
+            weights = torch.tensor([self.config.loss.prior_loss_weight if it.is_reg else 1.0 for it in items])
+        return diffusion_loss(pred, target, timesteps, self.noise_scheduler, self.config.loss, weights)
 
     def run(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
         from tqdm.auto import tqdm
@@ -341,9 +368,11 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return {}
         cfg = self.config
+        concept = [it for it in self.data.train if not it.is_reg]
         meta = kohya_metadata(cfg, is_sdxl=self.is_sdxl, steps=cfg.train.max_steps,
-                              num_images=len(self.data.train), started_at=started,
-                              tag_frequency=tag_frequency(self.data.train))
+                              num_images=len(concept), started_at=started, tag_frequency=tag_frequency(concept))
+        meta["ss_num_reg_images"] = str(len(self.data.train) - len(concept))
+        meta["ss_prior_loss_weight"] = str(cfg.loss.prior_loss_weight)
         out = self.output_dir / "export"
         if cfg.adapter.kind == "full":
             return export_full(self.pipe, cfg, out, meta)
