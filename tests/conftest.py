@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 # Tests never reach the Hugging Face hub: everything they load is built offline.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,3 +31,16 @@ def tiny_sdxl_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_sdxl") / "model"
     save_tiny_model("sdxl", out)
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one intra-op thread, restoring the previous count afterwards.
+
+    Tiny models gain nothing from threads, and on a shared 2-core box intra-op threads only spin
+    against each other (10-25x slower measured); test folders that run many tiny models opt in.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

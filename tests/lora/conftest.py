@@ -46,11 +46,5 @@ def sdxl(_sdxl):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest single-threaded on a shared CI box; restored after each test."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_torch_thread(one_torch_thread):
+    """Every LoRA test runs single-threaded (see the root conftest)."""

@@ -1,14 +1,10 @@
-"""One CPU thread per training test: the machine is shared and intra-op threads only spin against each other."""
+"""One CPU thread per training test (the root conftest's `one_torch_thread`)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(one_torch_thread):
+    """Every training test runs single-threaded."""

@@ -17,7 +17,6 @@ from animegen.cli.common import user_errors
 
 app = typer.Typer(no_args_is_help=True, help="Curate a dataset: ingest, tag, score, caption, balance, export.")
 console = Console()
-err = Console(stderr=True)
 
 
 def _user_errors():
