@@ -4,11 +4,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from animegen.train.config import validate_config
 
 RED = (230, 20, 20)
+SIDE = 64
+_yy, _xx = np.mgrid[0:SIDE, 0:SIDE]
+DISK = (_yy - (SIDE - 1) / 2) ** 2 + (_xx - (SIDE - 1) / 2) ** 2 < (SIDE * 5 / 16) ** 2  # radius 20 px
+
+
+def disk_image(inside=(240, 240, 240), outside=(15, 15, 15)) -> Image.Image:
+    """The synthetic concept: a light disk on a dark ground."""
+    return Image.fromarray(np.where(DISK[..., None], np.array(inside), np.array(outside)).astype(np.uint8))
+
+
+def disk_contrast(images: np.ndarray) -> float:
+    """Mean brightness inside the disk minus outside, over a batch of HxWx3 images in [0, 1]."""
+    lum = images.mean(axis=-1)
+    return float(lum[:, DISK].mean() - lum[:, ~DISK].mean())
+
+
+def write_world(root: Path, n: int = 32, seed: int = 0, caption: str = "1girl") -> Path:
+    """A kohya folder of smooth random colour fields (2x2 colours, bilinear): the tiny base's "world"."""
+    folder = root / "1_world"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        corners = Image.fromarray(rng.integers(25, 230, size=(2, 2, 3), dtype=np.uint8))
+        corners.resize((SIDE * 2, SIDE * 2), Image.BILINEAR).crop((SIDE // 2,) * 2 + (SIDE * 3 // 2,) * 2).save(
+            folder / f"w{i}.png")
+        (folder / f"w{i}.txt").write_text(caption)
+    return root
 
 
 def write_kohya(root: Path, name: str, colour, caption: str, n: int = 4, repeats: int = 1,

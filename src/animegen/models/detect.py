@@ -173,6 +173,13 @@ def _indices(keys, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
 
 
+def norm_num_groups(block_out_channels) -> int:
+    """GroupNorm groups for these widths: 32 in every real SD family (>= 128 channels); narrower test-size
+    models keep the 4 channels per group the real ones have at least (1 per group is an instance norm,
+    which erases each channel's mean: flat colours could not pass through)."""
+    return max(1, min(32, min(block_out_channels) // 4))
+
+
 def _infer_unet(sd: Mapping, family: Family, te2_proj_dim: int | None) -> dict:
     cfg = family_config(family, "unet")
     p = UNET_PREFIX
@@ -195,6 +202,7 @@ def _infer_unet(sd: Mapping, family: Family, te2_proj_dim: int | None) -> dict:
         has_attn.append(f"{p}{attn}proj_in.weight" in sd)
         depth.append(len(_indices(keys, re.escape(attn) + r"transformer_blocks\.(\d+)\.")) or 1)
     cfg["block_out_channels"], cfg["layers_per_block"] = channels, layers
+    cfg["norm_num_groups"] = norm_num_groups(channels)
     cfg["down_block_types"] = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn]
     cfg["up_block_types"] = ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)]
     cfg["transformer_layers_per_block"] = depth if any(d != 1 for d in depth) else 1
@@ -225,6 +233,7 @@ def _infer_vae(sd: Mapping, family: Family, prefix: str) -> dict:
     keys = [k[len(prefix):] for k in sd if k.startswith(prefix)]
     levels = _indices(keys, r"encoder\.down\.(\d+)\.")
     cfg["block_out_channels"] = [int(sd[f"{prefix}encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in levels]
+    cfg["norm_num_groups"] = norm_num_groups(cfg["block_out_channels"])
     cfg["down_block_types"] = ["DownEncoderBlock2D"] * len(levels)
     cfg["up_block_types"] = ["UpDecoderBlock2D"] * len(levels)
     cfg["layers_per_block"] = len(_indices(keys, r"encoder\.down\.0\.block\.(\d+)\."))

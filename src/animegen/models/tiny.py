@@ -6,7 +6,10 @@ text-time conditioning, 8x VAE, CLIP-L / OpenCLIP-bigG style text encoders with 
 49,408-token vocabulary) but only a few million parameters, so tests and the quick start run
 offline on a CPU in seconds. Head sizes follow the families' rules (SD1: 8 heads per block;
 SDXL: 64 channels per head; CLIP: 64 channels per head) so that architecture detection from
-checkpoint keys works on them exactly as on real files.
+checkpoint keys works on them exactly as on real files. GroupNorms keep at least 4 channels per
+group, as the real models do (`detect.norm_num_groups`, which single-file loading uses too). The UNet and
+text encoders are random; the VAE is not: it is set to an exact linear codec (`tiny_vae`), so a latent's
+colour can be read off its decoded image and training on a picture teaches that picture.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Literal
 import torch
 
 from animegen.models.assets import load_tokenizer
+from animegen.models.detect import norm_num_groups
+from animegen.models.tiny_vae import make_linear_codec
 
 Arch = Literal["sd15", "sdxl"]
 
@@ -32,21 +37,26 @@ SCHEDULER_CONFIG = {
 
 
 def _vae(scaling_factor: float, force_upcast: bool):
+    """The real VAE layout, set to an exact linear codec (see tiny_vae): random VAE weights would map
+    every image to nearly the same latent."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    channels = (32, 32, 64, 64)
+    vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 64, 64),
+        block_out_channels=channels,
         layers_per_block=2,
         latent_channels=4,
-        norm_num_groups=32,
+        norm_num_groups=norm_num_groups(channels),
         sample_size=64,
         scaling_factor=scaling_factor,
         force_upcast=force_upcast,
     )
+    make_linear_codec(vae)
+    return vae
 
 
 def _clip_config(hidden_act: str, projection_dim: int = 64):
@@ -99,7 +109,7 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
             layers_per_block=2,
             cross_attention_dim=64,
             attention_head_dim=8,
-            norm_num_groups=32,
+            norm_num_groups=norm_num_groups((32, 32, 64, 64)),
         )
         return {
             "unet": unet,
@@ -127,7 +137,7 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=64 + 6 * 8,
-            norm_num_groups=32,
+            norm_num_groups=norm_num_groups((64, 64, 128)),
         )
         return {
             "unet": unet,
