@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from train_helpers import disk_contrast, disk_image, tiny_config
+from train_helpers import disk_contrast, disk_image, tiny_config, write_kohya
 
 from animegen.models.loading import load_pipeline
 from animegen.models.lora import apply_loras, read_lora, remove_loras
@@ -48,18 +48,9 @@ def _generate(pipe, prompt: str, seeds=range(4)) -> np.ndarray:
                 generator=gens, output_type="np").images
 
 
-def _write_concept(root, image, n: int = 4):
-    folder = root / "1_zxq"
-    folder.mkdir(parents=True)
-    for i in range(n):
-        image.save(folder / f"c{i}.png")
-        (folder / f"c{i}.txt").write_text("zxq")
-    return root
-
-
 def _fine_tune(tmp_path, base, image, kind="lora", targets="attention_ff", lr=2e-2, steps=30, reg=None):
     export = {"formats": ["diffusers"] if kind == "full" else ["kohya"], "dtype": "fp32"}
-    datasets = [{"path": str(_write_concept(tmp_path / "data", image))}]
+    datasets = [{"path": str(write_kohya(tmp_path / "data", "zxq", image, "zxq"))}]
     if reg is not None:
         datasets.append({"path": str(reg), "is_reg": True})
     cfg = tiny_config(base, tmp_path / "data", tmp_path / "run",

@@ -41,11 +41,15 @@ def write_world(root: Path, n: int = 32, seed: int = 0, caption: str = "1girl") 
 
 def write_kohya(root: Path, name: str, colour, caption: str, n: int = 4, repeats: int = 1,
                 sizes=None) -> Path:
+    """`n` images of one flat `colour` (or copies of `colour` when it is a PIL image), captioned alike."""
     folder = root / f"{repeats}_{name}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        size = sizes[i] if sizes else (64, 64)
-        Image.new("RGB", size, colour).save(folder / f"{name}{i}.png")
+        if isinstance(colour, Image.Image):
+            image = colour
+        else:
+            image = Image.new("RGB", sizes[i] if sizes else (64, 64), colour)
+        image.save(folder / f"{name}{i}.png")
         (folder / f"{name}{i}.txt").write_text(caption)
     return root
 

@@ -99,17 +99,18 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
     torch.manual_seed(seed)
     scheduler = EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
     if arch == "sd15":
+        channels = (32, 32, 64, 64)
         unet = UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
             out_channels=4,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            block_out_channels=(32, 32, 64, 64),
+            block_out_channels=channels,
             layers_per_block=2,
             cross_attention_dim=64,
             attention_head_dim=8,
-            norm_num_groups=norm_num_groups((32, 32, 64, 64)),
+            norm_num_groups=norm_num_groups(channels),
         )
         return {
             "unet": unet,
@@ -122,13 +123,14 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
             "image_encoder": None,
         }
     if arch == "sdxl":
+        channels = (64, 64, 128)
         unet = UNet2DConditionModel(
             sample_size=16,
             in_channels=4,
             out_channels=4,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(64, 64, 128),
+            block_out_channels=channels,
             layers_per_block=2,
             transformer_layers_per_block=(1, 1, 2),
             attention_head_dim=(1, 1, 2),
@@ -137,7 +139,7 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=64 + 6 * 8,
-            norm_num_groups=norm_num_groups((64, 64, 128)),
+            norm_num_groups=norm_num_groups(channels),
         )
         return {
             "unet": unet,

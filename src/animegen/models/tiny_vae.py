@@ -31,7 +31,6 @@ LATENT_TO_RGB = torch.tensor([
 _K = 100.0  # constant-pair value: makes each GroupNorm's statistics independent of the signal
 _B = 24.0  # SiLU bias: SiLU(x) = x to ~1e-9 relative for x > 20
 _LOGVAR = -30.0  # the posterior is a point: std exp(-15) ~ 3e-7
-_PIXELS = 8  # pixels per latent side: 3 down-samplers of 2
 
 
 def rgb_to_latent_matrix() -> torch.Tensor:
@@ -76,10 +75,6 @@ def _center(conv: torch.nn.Conv2d, matrix: torch.Tensor) -> None:
         conv.bias.zero_()
 
 
-def _eye(out_ch: int, in_ch: int) -> torch.Tensor:
-    return torch.eye(out_ch, in_ch)
-
-
 def _pass_through(module: torch.nn.Module) -> None:
     """Zero every residual branch; make shortcuts identities, down-samplers 2x2 means, up-samplers copies."""
     for name, sub in module.named_modules():
@@ -87,14 +82,33 @@ def _pass_through(module: torch.nn.Module) -> None:
             sub.weight.zero_()
             sub.bias.zero_()
         elif name.endswith("conv_shortcut"):
-            _center(sub, _eye(*sub.weight.shape[:2]))
+            _center(sub, torch.eye(*sub.weight.shape[:2]))
         elif name.endswith("downsamplers.0.conv"):
             sub.weight.zero_()
             sub.bias.zero_()
             for c in range(sub.weight.shape[0]):
                 sub.weight[c, c, :2, :2] = 0.25
         elif name.endswith("upsamplers.0.conv"):
-            _center(sub, _eye(*sub.weight.shape[:2]))
+            _center(sub, torch.eye(*sub.weight.shape[:2]))
+
+
+def _carry(coder, n_signals: int, width: int, to_signal: torch.Tensor, out_scale: float) -> None:
+    """Route `to_signal @ input` (per pixel) from `conv_in` through the final GroupNorm + SiLU to the
+    first outputs of `conv_out`, multiplied by `out_scale`."""
+    norm = coder.conv_norm_out
+    signals = _signal_groups(norm, n_signals, width)
+    m = torch.zeros(coder.conv_in.out_channels, coder.conv_in.in_channels)
+    for i, c in enumerate(signals):
+        m[c], m[c + 1] = to_signal[i], -to_signal[i]
+    _center(coder.conv_in, m)
+    for c, value in _constant_pairs(norm, signals).items():
+        coder.conv_in.bias[c] = value
+    _norm_as_identity(norm, signals)
+    m = torch.zeros(coder.conv_out.out_channels, coder.conv_out.in_channels)
+    for i, c in enumerate(signals):
+        m[i, c] = out_scale
+    _center(coder.conv_out, m)
+    coder.conv_out.bias[:n_signals] = -_B * out_scale
 
 
 def make_linear_codec(vae) -> None:
@@ -102,41 +116,14 @@ def make_linear_codec(vae) -> None:
     sf = float(vae.config.scaling_factor)
     if len(vae.config.block_out_channels) != 4 or vae.config.latent_channels != 4:
         raise ValueError("the linear tiny VAE needs 4 levels (8x) and 4 latent channels")
-    to_latent, to_rgb = rgb_to_latent_matrix(), LATENT_TO_RGB
     enc, dec = vae.encoder, vae.decoder
     with torch.no_grad():
         for part in (enc, dec):
             _pass_through(part)
-
-        # encoder: signal = scaled latent; conv_out divides by the scaling factor
-        signals = _signal_groups(enc.conv_norm_out, 4, enc.conv_in.out_channels)
-        m = torch.zeros(enc.conv_in.out_channels, 3)
-        for i, c in enumerate(signals):
-            m[c], m[c + 1] = to_latent[i], -to_latent[i]
-        _center(enc.conv_in, m)
-        for c, value in _constant_pairs(enc.conv_norm_out, signals).items():
-            enc.conv_in.bias[c] = value
-        _norm_as_identity(enc.conv_norm_out, signals)
-        m = torch.zeros(enc.conv_out.out_channels, enc.conv_out.in_channels)
-        for i, c in enumerate(signals):
-            m[i, c] = 1.0 / sf
-        _center(enc.conv_out, m)
-        enc.conv_out.bias[:4] = -_B / sf
+        # encoder: the signal is the scaled latent; conv_out divides by the scaling factor
+        _carry(enc, 4, enc.conv_in.out_channels, rgb_to_latent_matrix(), 1.0 / sf)
         enc.conv_out.bias[4:] = _LOGVAR
-        _center(vae.quant_conv, _eye(8, 8))
-        _center(vae.post_quant_conv, _eye(4, 4))
-
-        # decoder: signal = RGB in [-1, 1], from the raw latent times the scaling factor
-        signals = _signal_groups(dec.conv_norm_out, 3, dec.conv_norm_out.num_channels)
-        m = torch.zeros(dec.conv_in.out_channels, 4)
-        for j, c in enumerate(signals):
-            m[c], m[c + 1] = to_rgb[j] * sf, -to_rgb[j] * sf
-        _center(dec.conv_in, m)
-        for c, value in _constant_pairs(dec.conv_norm_out, signals).items():
-            dec.conv_in.bias[c] = value
-        _norm_as_identity(dec.conv_norm_out, signals)
-        m = torch.zeros(3, dec.conv_out.in_channels)
-        for j, c in enumerate(signals):
-            m[j, c] = 1.0
-        _center(dec.conv_out, m)
-        dec.conv_out.bias.fill_(-_B)
+        _center(vae.quant_conv, torch.eye(8))
+        _center(vae.post_quant_conv, torch.eye(4))
+        # decoder: the signal is RGB in [-1, 1], from the raw latent times the scaling factor
+        _carry(dec, 3, dec.conv_norm_out.num_channels, LATENT_TO_RGB * sf, 1.0)
