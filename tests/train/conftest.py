@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -21,9 +22,17 @@ def tiny_world_base(tiny_sd15_dir, tmp_path_factory):
 
     from animegen.train.trainer import train
 
+    # A session fixture is set up before the autouse one-thread fixture, so it pins its own thread count: with
+    # torch's default (the cores this process may use) the base differed between a 2-core box and `taskset -c 0`
+    # (another float summation order), and what the tests then learned on it differed too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("world")
     cfg = tiny_config(tiny_sd15_dir, write_world(root / "data"), root / "run", adapter={"kind": "full"},
                       optimizer={"name": "adamw", "lr": 2e-3, "scheduler": "constant"},
                       train={"max_steps": 120, "batch_size": 8, "device": "cpu"},
                       export={"formats": ["diffusers"], "dtype": "fp32"})
-    return train(cfg).exported["diffusers"]
+    try:
+        return train(cfg).exported["diffusers"]
+    finally:
+        torch.set_num_threads(threads)

@@ -10,11 +10,22 @@ direction comes from the data. LoRA runs by default; the other families are `slo
 export code is covered fast by test_export.py and test_resume.py).
 
 Images without the trigger: with a prior-preservation set (`is_reg`: the base's own "1girl" images)
-and the adapter on the cross-attention key/value projections only, "1girl" images gain under a third of
-the contrast the trigger's gain (measured: +0.03 against +0.14). Without the reg set they gain as much as
-the trigger's (+0.16): this tiny base was pre-trained on one caption and ignores its prompt, so the
-concept leaks everywhere unless the reg set holds the other prompts in place, as kohya's
-`reg_data_dir` / DreamBooth's prior loss do for real models.
+and the adapter on the cross-attention key/value projections only, "1girl" images gain a small fraction of
+the contrast the trigger's gain. Without the reg set they gain as much as the trigger's (+0.16): this tiny
+base was pre-trained on one caption and ignores its prompt, so the concept leaks everywhere unless the reg set
+holds the other prompts in place, as kohya's `reg_data_dir` / DreamBooth's prior loss do for real models.
+
+Why the margins hold on any machine of this kind. The verdicts once flipped between machines: the session
+fixture `tiny_world_base` trained with torch's default thread count (set up before the autouse one-thread
+fixture), so a 2-core box and `taskset -c 0` built different bases (another float summation order), and the
+reg recipe at 120 steps sat near its threshold (trigger gain +0.03..+0.06 on one-thread bases, +0.14 on
+the landing machine). The base is now always trained on one thread, and the reg run takes 240 steps.
+Measured (contrast gained; fine-tune seeds 0, 1, 2 on the one-thread base, seeds 0, 1 on a two-thread base):
+- trigger, LoRA: +0.13..+0.17 (loss ratio 0.58..0.70 against the 0.85 asserted); inverted disk: -0.17..-0.25;
+- reg set, 240 steps: trigger +0.12..+0.26 (one-thread base), +0.25..+0.39 (two-thread base); "1girl"
+  -0.025..+0.011, at most 0.05 x the trigger's gain.
+MIN_GAIN = 0.05 sits at under half the smallest gain measured, and the "1girl" bound (0.4 x the trigger's)
+at several times the largest leak.
 """
 
 from __future__ import annotations
@@ -104,7 +115,7 @@ def test_with_a_reg_set_images_without_the_trigger_keep_clear_of_the_concept(tmp
         Image.fromarray((image * 255).round().astype(np.uint8)).save(reg / f"g{i}.png")
         (reg / f"g{i}.txt").write_text("1girl")
     before = {p: disk_contrast(_generate(base_pipe, p)) for p in ("zxq", "1girl")}
-    result = _fine_tune(tmp_path, tiny_world_base, disk_image(), targets="cross_attention", lr=3e-2, steps=120,
+    result = _fine_tune(tmp_path, tiny_world_base, disk_image(), targets="cross_attention", lr=3e-2, steps=240,
                         reg=reg.parent)
     pipe = _with_result(tiny_world_base, result, "lora")
     gain = {p: disk_contrast(_generate(pipe, p)) - before[p] for p in ("zxq", "1girl")}
