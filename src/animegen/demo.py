@@ -84,7 +84,7 @@ def run_demo(out: str | Path, *, steps: int = 60, seed: int = 0,
         "data": {"datasets": [{"path": str(source.parent)}], "resolution": 64, "min_bucket_side": 64,
                  "max_bucket_side": 64, "shuffle_tags": False},
         "train": {"output_dir": str(out / "train"), "max_steps": steps, "batch_size": 2, "device": "cpu",
-                  "seed": seed, "mixed_precision": "no"},
+                  "seed": seed, "mixed_precision": "no", "overwrite": True},  # the demo rebuilds its folder
         "log": {"progress": True, "tensorboard": False},
         "export": {"name": "zxq", "formats": ["kohya"], "dtype": "fp32"},
     })

@@ -10,13 +10,13 @@ import pytest
 from datakit import noise_image, png_bomb_bytes, write_hostile_folder
 from PIL import Image
 
+from animegen.core.files import sha256_file
 from animegen.data.image_io import (
     ImageError,
     hash_distance,
     open_image,
     perceptual_hash,
     read_image,
-    sha256_file,
 )
 
 

@@ -61,5 +61,5 @@ def test_unreadable_lora_is_a_clear_error(lora_setup, tmp_path):
     gen, _ = lora_setup
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="cannot read LoRA .*broken.safetensors"):
+    with pytest.raises(ValueError, match="broken.safetensors: not a readable .safetensors file"):
         gen(GenerationRequest("1girl", loras=[(str(broken), 1.0)], **SIZE))

@@ -6,8 +6,8 @@ with the same seed — i.e. plain diffusers. Tolerances (pixels in [0, 1]):
   memory layout, kernel choice or the order of float32 sums (~1e-7 relative per op); random weights
   amplify that through the denoising steps and the VAE to a few 1e-4 (measured up to 3.2e-4 for
   channels_last). 1e-3 is a quarter of one 8-bit level (1/255 = 3.9e-3), while a real bug (a dropped
-  bias, a wrong head split, an un-synced LoRA merge) moves pixels by more than 1e-2 — the LoRA test
-  below checks that its change is that large.
+  bias, a wrong head split, an un-synced LoRA merge) moves pixels by more than 1e-2. (LoRA merges on
+  a fused pipe are specified with the LoRA code: tests/lora/test_fused_qkv.py.)
 * VAE tiling: bit-identical up to one tile; above it an approximation by design (see its test).
 """
 
@@ -20,13 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from animegen.generate.speed import (
-    SpeedupConfig,
-    apply_speedups,
-    fused_qkv_in_sync,
-    is_qkv_fused,
-    sync_fused_qkv,
-)
+from animegen.generate.speed import SpeedupConfig, apply_speedups, is_qkv_fused
 from animegen.models.tiny import build_tiny_pipeline
 
 LAYOUT_TOL = 1e-3
@@ -100,50 +94,6 @@ def test_classic_attention_matches_sdpa(fresh, sd15_reference):
     assert report.applied["sdpa"] is False
     assert all(type(p) is AttnProcessor for p in pipe.unet.attn_processors.values())
     assert np.abs(_image(pipe) - sd15_reference).max() <= LAYOUT_TOL
-
-
-def _qkv_lora(pipe, rank=4, seed=1):
-    """A hand-built LoRA on the projections fusion replaces (self-attn q/k/v, cross-attn k)."""
-    from animegen.models.lora import LoraFile, LoraModule
-
-    g = torch.Generator().manual_seed(seed)
-    modules = {}
-    for name, module in pipe.unet.named_modules():
-        if name.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_k")):
-            out_f, in_f = module.weight.shape
-            tensors = {"lora_down.weight": torch.randn(rank, in_f, generator=g) * 0.5,
-                       "lora_up.weight": torch.randn(out_f, rank, generator=g) * 0.5}
-            modules[f"unet.{name}"] = LoraModule(f"unet.{name}", "lora", tensors, alpha=rank)
-    return LoraFile(modules)
-
-
-def test_lora_merge_on_fused_qkv_needs_and_gets_sync(fresh, sd15_reference):
-    from animegen.models.lora import apply_loras, remove_loras
-
-    plain = fresh()
-    lora = _qkv_lora(plain)
-    apply_loras(plain, [(lora, 1.0)])
-    with_lora = _image(plain)
-    assert np.abs(with_lora - sd15_reference).max() > 1e-2  # the LoRA visibly changes the image
-
-    fused = fresh()
-    apply_speedups(fused, fuse_qkv=True)
-    attn1 = fused.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
-    qkv = attn1.to_qkv.weight
-    apply_loras(fused, [(lora, 1.0)])
-    assert not fused_qkv_in_sync(fused)  # the hazard: the fused copies still hold the base weights
-    assert sync_fused_qkv(fused) > 0 and fused_qkv_in_sync(fused)
-    assert attn1.to_qkv.weight is qkv  # updated in place: compiled graphs / CUDA graphs stay valid
-    assert np.abs(_image(fused) - with_lora).max() <= LAYOUT_TOL
-
-    remove_loras(fused)
-    sync_fused_qkv(fused)
-    assert np.abs(_image(fused) - sd15_reference).max() <= LAYOUT_TOL
-
-
-def test_sync_is_a_no_op_without_fusion(fresh):
-    pipe = fresh()
-    assert sync_fused_qkv(pipe) == 0 and fused_qkv_in_sync(pipe)
 
 
 def _decode(vae, latents):

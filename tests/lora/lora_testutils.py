@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 
 import torch
+from safetensors.torch import save_file
+
+from animegen.models.lora import apply_loras, read_lora
 
 
 def unet_inputs(unet, seed: int = 1):
@@ -52,3 +55,32 @@ def layer(module: torch.nn.Module, path: str) -> torch.nn.Module:
     if path.startswith("text_model.") and not hasattr(module, "text_model"):
         path = path.removeprefix("text_model.")
     return module.get_submodule(path)
+
+
+def save_lora(tmp_path, tensors, name="lora.safetensors"):
+    path = tmp_path / name
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def check_unet(pipe, path, deltas, multiplier=1.0, bias_deltas=None, atol=2e-5):
+    ref = merged_copy(pipe.unet, {k: multiplier * v for k, v in deltas.items()},
+                      {k: multiplier * v for k, v in (bias_deltas or {}).items()})
+    expected = unet_out(ref)
+    base = unet_out(pipe.unet)
+    apply_loras(pipe, [(read_lora(path), multiplier)])
+    got = unet_out(pipe.unet)
+    assert (expected - base).abs().max() > 1e-4, "test delta too small to be visible"
+    torch.testing.assert_close(got, expected, atol=atol, rtol=1e-4)
+    for name in deltas:
+        torch.testing.assert_close(pipe.unet.get_submodule(name).weight, ref.get_submodule(name).weight,
+                                   atol=1e-6, rtol=1e-5)
+
+
+def kron(a, b):
+    """Kronecker product written out block by block (independent of torch.kron)."""
+    out = torch.zeros(a.shape[0] * b.shape[0], a.shape[1] * b.shape[1], *b.shape[2:])
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            out[i * b.shape[0]:(i + 1) * b.shape[0], j * b.shape[1]:(j + 1) * b.shape[1]] = a[i, j] * b
+    return out

@@ -6,10 +6,7 @@ import itertools
 
 import pytest
 import torch
-from lora_testutils import layer, merged_copy, te_out, unet_out
-from safetensors.torch import save_file
-
-from animegen.models.lora import apply_loras, read_lora
+from lora_testutils import check_unet, kron, layer, merged_copy, save_lora, te_out
 
 Q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # Linear 32 -> 32 in tiny SD1.5
 CONV = "down_blocks.1.resnets.0.conv1"                             # Conv 32 -> 32, 3x3 in tiny SD1.5
@@ -24,31 +21,11 @@ def _rand(*shape):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(next(_SEED))) * 0.1
 
 
-def _save(tmp_path, tensors, name="lora.safetensors"):
-    path = tmp_path / name
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
-    return path
-
-
-def _check_unet(pipe, path, deltas, multiplier=1.0, bias_deltas=None, atol=2e-5):
-    ref = merged_copy(pipe.unet, {k: multiplier * v for k, v in deltas.items()},
-                      {k: multiplier * v for k, v in (bias_deltas or {}).items()})
-    expected = unet_out(ref)
-    base = unet_out(pipe.unet)
-    apply_loras(pipe, [(read_lora(path), multiplier)])
-    got = unet_out(pipe.unet)
-    assert (expected - base).abs().max() > 1e-4, "test delta too small to be visible"
-    torch.testing.assert_close(got, expected, atol=atol, rtol=1e-4)
-    for name in deltas:
-        torch.testing.assert_close(pipe.unet.get_submodule(name).weight, ref.get_submodule(name).weight,
-                                   atol=1e-6, rtol=1e-5)
-
-
 def test_kohya_lora_unet_and_text_encoder(sd15, tmp_path):
     r, alpha = 4, 2.0
     down, up = _rand(r, 32), _rand(32, r)
     te_down, te_up = _rand(r, 64), _rand(64, r)
-    path = _save(tmp_path, {
+    path = save_lora(tmp_path, {
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": down,
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight": up,
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha": torch.tensor(alpha),
@@ -56,7 +33,7 @@ def test_kohya_lora_unet_and_text_encoder(sd15, tmp_path):
         "lora_te_text_model_encoder_layers_1_self_attn_q_proj.lora_up.weight": te_up,
     })
     te_ref = merged_copy(sd15.text_encoder, {TE_Q: 0.8 * (te_up @ te_down)})  # no alpha key: scale 1
-    _check_unet(sd15, path, {Q: up @ down * (alpha / r)}, multiplier=0.8)
+    check_unet(sd15, path, {Q: up @ down * (alpha / r)}, multiplier=0.8)
     torch.testing.assert_close(te_out(sd15.text_encoder), te_out(te_ref), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(layer(sd15.text_encoder, TE_Q).weight, layer(te_ref, TE_Q).weight,
                                atol=1e-6, rtol=0)
@@ -68,7 +45,7 @@ def test_kohya_locon_conv_and_tucker(sd15, tmp_path):
     # Tucker LoCon on another 3x3 conv: 1x1 down/up, kxk core
     t_down, t_mid, t_up = _rand(r, 64, 1, 1), _rand(r, r, 3, 3), _rand(64, r, 1, 1)
     conv2 = "down_blocks.2.resnets.1.conv2"
-    path = _save(tmp_path, {
+    path = save_lora(tmp_path, {
         "lora_unet_down_blocks_1_resnets_0_conv1.lora_down.weight": down,
         "lora_unet_down_blocks_1_resnets_0_conv1.lora_up.weight": up,
         "lora_unet_down_blocks_1_resnets_0_conv1.alpha": torch.tensor(alpha),
@@ -81,7 +58,7 @@ def test_kohya_locon_conv_and_tucker(sd15, tmp_path):
         for i in range(32):
             d_conv[o, i] = sum(up[o, k, 0, 0] * down[k, i] for k in range(r))
     d_tucker = torch.einsum("oa,abxy,bi->oixy", t_up[:, :, 0, 0], t_mid, t_down[:, :, 0, 0])
-    _check_unet(sd15, path, {CONV: d_conv * (alpha / r), conv2: d_tucker})
+    check_unet(sd15, path, {CONV: d_conv * (alpha / r), conv2: d_tucker})
 
 
 def test_loha_linear_and_tucker_conv(sd15, tmp_path):
@@ -90,7 +67,7 @@ def test_loha_linear_and_tucker_conv(sd15, tmp_path):
     c1a, c1b, c2a, c2b = _rand(r, 32), _rand(r, 32), _rand(r, 32), _rand(r, 32)  # tucker: [rank, out/in]
     t1, t2 = _rand(r, r, 3, 3), _rand(r, r, 3, 3)
     k, c = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", "lora_unet_down_blocks_1_resnets_0_conv1"
-    path = _save(tmp_path, {
+    path = save_lora(tmp_path, {
         f"{k}.hada_w1_a": w1a, f"{k}.hada_w1_b": w1b, f"{k}.hada_w2_a": w2a, f"{k}.hada_w2_b": w2b,
         f"{k}.alpha": torch.tensor(alpha),
         f"{c}.hada_w1_a": c1a, f"{c}.hada_w1_b": c1b, f"{c}.hada_w2_a": c2a, f"{c}.hada_w2_b": c2b,
@@ -99,16 +76,7 @@ def test_loha_linear_and_tucker_conv(sd15, tmp_path):
     lin = (w1a @ w1b) * (w2a @ w2b) * (alpha / r)
     f1 = torch.einsum("abxy,ao,bi->oixy", t1, c1a, c1b)
     f2 = torch.einsum("abxy,ao,bi->oixy", t2, c2a, c2b)
-    _check_unet(sd15, path, {Q: lin, CONV: f1 * f2})
-
-
-def _kron(a, b):
-    """Kronecker product written out block by block (independent of torch.kron)."""
-    out = torch.zeros(a.shape[0] * b.shape[0], a.shape[1] * b.shape[1], *b.shape[2:])
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            out[i * b.shape[0]:(i + 1) * b.shape[0], j * b.shape[1]:(j + 1) * b.shape[1]] = a[i, j] * b
-    return out
+    check_unet(sd15, path, {Q: lin, CONV: f1 * f2})
 
 
 def test_lokr_full_factorised_and_conv(sd15, tmp_path):
@@ -119,19 +87,19 @@ def test_lokr_full_factorised_and_conv(sd15, tmp_path):
     r, alpha = 2, 1.0
     a1, b1, w2f = _rand(8, r), _rand(r, 16), _rand(8, 16)   # factorised w1 (64x256 layer)
     cw1, cw2 = _rand(4, 4), _rand(8, 8, 3, 3)
-    path = _save(tmp_path, {
+    path = save_lora(tmp_path, {
         f"{k}.lokr_w1": w1, f"{k}.lokr_w2": w2, f"{k}.alpha": torch.tensor(123.0),
         f"{f}.lokr_w1_a": a1, f"{f}.lokr_w1_b": b1, f"{f}.lokr_w2": w2f, f"{f}.alpha": torch.tensor(alpha),
         f"{c}.lokr_w1": cw1, f"{c}.lokr_w2": cw2,
     })
-    _check_unet(sd15, path, {Q: _kron(w1, w2), FF: _kron(a1 @ b1, w2f) * (alpha / r), CONV: _kron(cw1, cw2)})
+    check_unet(sd15, path, {Q: kron(w1, w2), FF: kron(a1 @ b1, w2f) * (alpha / r), CONV: kron(cw1, cw2)})
 
 
 def test_ia3_scales_rows_or_columns(sd15, tmp_path):
     k_out = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
     k_in = "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2"
     w_out, w_in = _rand(32) * 10, _rand(256) * 10
-    path = _save(tmp_path, {f"{k_out}.weight": w_out, f"{k_out}.on_input": torch.tensor(False),
+    path = save_lora(tmp_path, {f"{k_out}.weight": w_out, f"{k_out}.on_input": torch.tensor(False),
                             f"{k_in}.weight": w_in, f"{k_in}.on_input": torch.tensor(True)})
     wq = sd15.unet.get_submodule(Q).weight.detach().clone()
     wf = sd15.unet.get_submodule(FF).weight.detach().clone()
@@ -139,14 +107,14 @@ def test_ia3_scales_rows_or_columns(sd15, tmp_path):
     # LyCORIS merge: W' = W * (1 + m * w) along the scaled axis; _check_unet multiplies deltas by m
     d_q = torch.stack([wq[o] * w_out[o] for o in range(32)])
     d_f = torch.stack([wf[:, i] * w_in[i] for i in range(256)], dim=1)
-    _check_unet(sd15, path, {Q: d_q, FF: d_f}, multiplier=m)
+    check_unet(sd15, path, {Q: d_q, FF: d_f}, multiplier=m)
 
 
 def test_full_diff_with_bias(sd15, tmp_path):
     diff, diff_b = _rand(64, 256), _rand(64)
     k = "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2"
-    path = _save(tmp_path, {f"{k}.diff": diff, f"{k}.diff_b": diff_b})
-    _check_unet(sd15, path, {FF: diff}, bias_deltas={FF: diff_b}, multiplier=0.5)
+    path = save_lora(tmp_path, {f"{k}.diff": diff, f"{k}.diff_b": diff_b})
+    check_unet(sd15, path, {FF: diff}, bias_deltas={FF: diff_b}, multiplier=0.5)
 
 
 @pytest.mark.parametrize("layout", ["peft", "old_diffusers", "peft_prefix"])
@@ -162,7 +130,7 @@ def test_diffusers_layouts(sd15, tmp_path, layout):
     else:
         sd = {f"base_model.model.{Q}.lora_A.weight": down, f"base_model.model.{Q}.lora_B.weight": up}
         delta = up @ down
-    _check_unet(sd15, _save(tmp_path, sd), {Q: delta})
+    check_unet(sd15, save_lora(tmp_path, sd), {Q: delta})
 
 
 def test_sdxl_kohya_ldm_names(sdxl, tmp_path):
@@ -188,6 +156,6 @@ def test_sdxl_kohya_ldm_names(sdxl, tmp_path):
     tensors["lora_te2_text_model_encoder_layers_0_mlp_fc2.lora_up.weight"] = te2_up
     te2_ref = merged_copy(sdxl.text_encoder_2, {"text_model.encoder.layers.0.mlp.fc2": te2_up @ te2_down})
     te1_before = te_out(sdxl.text_encoder)
-    _check_unet(sdxl, _save(tmp_path, tensors), deltas)
+    check_unet(sdxl, save_lora(tmp_path, tensors), deltas)
     torch.testing.assert_close(te_out(sdxl.text_encoder_2), te_out(te2_ref), atol=1e-5, rtol=1e-4)
     assert torch.equal(te_out(sdxl.text_encoder), te1_before)  # lora_te2_ must not touch encoder 1

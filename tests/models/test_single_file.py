@@ -15,6 +15,7 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from animegen.core.files import PickleRefusedError
 from animegen.models.detect import CheckpointError
 from animegen.models.single_file import load_single_file, load_vae_file, read_state_dict, save_single_file
 from animegen.models.tiny import build_tiny_pipeline, save_tiny_model
@@ -191,7 +192,7 @@ def test_pickle_refused_unless_allowed(tmp_path, sd15_file):
     sd, _ = read_state_dict(sd15_file)
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": sd, "global_step": 10}, ckpt)
-    with pytest.raises(CheckpointError, match="allow-pickle"):
+    with pytest.raises(PickleRefusedError, match="allow-pickle"):  # the one refusal of core.files
         load_single_file(ckpt)
     loaded = load_single_file(ckpt, allow_pickle=True)
     _assert_same_weights(build_tiny_pipeline("sd15"), loaded, "sd15")

@@ -61,3 +61,36 @@ def test_shuffle_with_keep_tokens_separator():
     tags = split_tags(out)
     assert tags[:2] == ["1girl", "miku"] and tags[-1] == "masterpiece"
     assert sorted(tags[2:-1]) == ["a", "b", "c", "d"]
+
+
+# ---- the tag vocabularies: one home, the same answer in data/, prompts/presets and evaluate/ ----------
+COUNT_TAGS = ["1girl", "2boys", "6+girls", "1other", "multiple girls", "multiple others", "no humans"]
+NOT_COUNT = ["girl", "long hair", "multiple", "1girl solo", "humans"]
+
+
+def test_count_tags_are_recognised_alike_by_presets_captions_and_tag_adherence():
+    from animegen.data.caption import categorize_tags
+    from animegen.evaluate.tag_adherence import _category
+    from animegen.prompts.presets import build_prompt
+    from animegen.prompts.tags import is_count_tag
+
+    for tag in COUNT_TAGS + NOT_COUNT:
+        want = tag in COUNT_TAGS
+        assert is_count_tag(tag) is want, tag
+        assert ("count" in categorize_tags([tag])) is want, tag
+        assert (_category(tag, set(), None, None) == "count") is want, tag
+        # animagine moves count tags to the front of the free text
+        assert build_prompt("animagine", f"smile, {tag}", quality="", aesthetic="", rating="").startswith(tag) is want
+
+
+def test_rating_words_mean_the_same_everywhere():
+    from animegen.evaluate.tag_adherence import _category, prompt_tags
+    from animegen.prompts.presets import build_prompt
+    from animegen.prompts.tags import RATING_ALIASES, RATING_TAGS, RATINGS
+
+    assert RATINGS == ("general", "sensitive", "questionable", "explicit")
+    for word in RATING_TAGS:
+        assert _category(RATING_ALIASES.get(word, word), set(), None, None) == "rating", word
+        assert prompt_tags(word) == [RATING_ALIASES.get(word, word)]
+        # a rating the user typed replaces the preset's default rating
+        assert "safe" not in build_prompt("animagine", f"1girl, {word}").split(", ") or word == "safe", word

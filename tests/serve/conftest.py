@@ -66,6 +66,7 @@ class FakeBackend:
     def __init__(self, delay: float = 0.0, steps: int = 4, gate: threading.Event | None = None):
         self.delay, self.steps, self.gate = delay, steps, gate
         self.loaded = None
+        self.default_size = 512  # the tiny SD1.5 models' family
         self.model_name, self.model_hash = "fake", None
         self.ran: list[tuple[str, str]] = []  # (prompt, model name)
         self.loads: list[str] = []

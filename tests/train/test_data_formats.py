@@ -5,6 +5,7 @@ captions); a 2-step run on each format sees exactly those images and captions.""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,19 @@ def test_trains_from_exported_webdataset_shards(tmp_path, tiny_sd15_dir, source)
     export_webdataset(tmp_path / "ds", tmp_path / "wds", progress=False)
     assert list((tmp_path / "wds").glob("*.tar"))
     _check_read_and_train(tmp_path, tiny_sd15_dir, tmp_path / "wds", "webdataset")
+
+
+def test_every_image_ingest_accepts_is_read_from_a_kohya_folder(tmp_path):
+    """One list of image extensions: a `.tif` that `data ingest` takes was silently skipped by the kohya reader."""
+    from animegen.data.manifest import load_manifest
+    from animegen.train.data import read_dataset
+
+    folder = tmp_path / "kohya" / "1_tif"
+    folder.mkdir(parents=True)
+    for i, suffix in enumerate((".tif", ".tiff", ".png")):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(folder / f"img{i}{suffix}")
+        (folder / f"img{i}.txt").write_text(f"zxq, img{i}")
+    ingest([folder], tmp_path / "ingested", workers=1)
+    accepted = {Path(r.path).name for r in load_manifest(tmp_path / "ingested") if r.ok}
+    read = {Path(item.source).name for item in read_dataset(DatasetEntry(path=str(tmp_path / "kohya")))}
+    assert accepted == {"img0.tif", "img1.tiff", "img2.png"} and read == accepted

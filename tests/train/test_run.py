@@ -54,3 +54,15 @@ def test_full_finetune_exports_load_back(tmp_path, tiny_sd15_dir):
         unet = load_pipeline(result.exported[key], device="cpu", dtype=torch.float32).unet.state_dict()
         for k, value in trained.items():
             torch.testing.assert_close(unet[k], value, atol=1e-6, rtol=1e-6)
+
+
+def test_runs_in_one_process_may_differ_in_mixed_precision(tmp_path, tiny_sd15_dir):
+    """accelerate keeps one process-wide state; a notebook (or this suite) training a bf16 preset after an
+    fp32 run must not be refused with 'AcceleratorState has already been initialized'."""
+    from animegen.train.trainer import train
+
+    data = write_kohya(tmp_path / "data", "red", RED, "zxq", n=2)
+    for i, precision in enumerate(("no", "bf16", "no")):
+        cfg = tiny_config(tiny_sd15_dir, data, tmp_path / f"run{i}",
+                          train={"max_steps": 1, "batch_size": 1, "device": "cpu", "mixed_precision": precision})
+        assert train(cfg).finished

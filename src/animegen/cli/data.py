@@ -20,10 +20,8 @@ console = Console()
 
 
 def _user_errors():
-    """Bad input (also unreadable images and runtime errors of a stage) → one red line, exit code 2."""
-    from animegen.data.image_io import ImageError
-
-    return user_errors(ImageError, RuntimeError)
+    """User errors, and also runtime errors of a stage (a tagger or captioner failing) → one line, exit 2."""
+    return user_errors(RuntimeError)
 
 
 def _parse_pairs(items: list[str], what: str) -> dict[str, str]:

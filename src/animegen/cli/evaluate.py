@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from animegen.cli.common import fail, user_errors
+from animegen.generate.request import parse_lora_spec
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate: FID, KID, CLIP score, tag adherence, reports.")
@@ -21,17 +22,6 @@ def _mode(value: str) -> str:
     if value not in ("legacy", "clean"):
         raise typer.BadParameter(f"'{value}' is not a resize mode; use 'legacy' or 'clean'")
     return value
-
-
-def _parse_lora(spec: str) -> tuple[str, float]:
-    """`path/or/name[:weight]` (weight defaults to 1.0); Windows drive letters survive."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            return head, float(tail)
-        except ValueError:
-            pass
-    return spec, 1.0
 
 
 def _emit(data: dict, as_json: bool, lines: list[str]) -> None:
@@ -171,13 +161,13 @@ def run_cmd(
     tagger: str | None = typer.Option(None, "--tagger", help="WD14 tagger folder or hub id: enables tag adherence."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
     device: str | None = typer.Option(None, "--device"),
-    dtype: str | None = typer.Option(None, "--dtype"),
+    dtype: str | None = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16 (as for generate)."),
 ) -> None:
     """Generate a seeded image set, compute every metric that has its inputs, write metrics.json + report.html."""
     from animegen.evaluate.run import run_eval
 
     with user_errors():
-        data = run_eval(model, prompts, out, loras=[_parse_lora(s) for s in lora], real_dir=real,
+        data = run_eval(model, prompts, out, loras=[parse_lora_spec(s) for s in lora], real_dir=real,
                         n_per_prompt=n_per_prompt, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
                         width=width, height=height, negative_prompt=negative_prompt, preset=preset,
                         batch_size=batch_size, fid_weights=fid_weights, fid_mode=fid_mode, bootstrap=bootstrap,

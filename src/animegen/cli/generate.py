@@ -8,17 +8,8 @@ from typing import Optional
 import typer
 
 from animegen.cli.common import fail, user_errors
-
-
-def parse_lora_arg(text: str) -> tuple[str, float]:
-    """`PATH[:WEIGHT]` → (path, weight); weight defaults to 1.0 like A1111."""
-    head, sep, tail = text.rpartition(":")
-    if sep:
-        try:
-            return head, float(tail)
-        except ValueError:
-            pass
-    return text, 1.0
+from animegen.core.files import atomic_path, writable_folder
+from animegen.generate.request import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS, parse_lora_spec
 
 
 def _next_index(out: Path) -> int:
@@ -33,9 +24,9 @@ def generate_command(
     negative: str = typer.Option("", "--negative", help="Negative prompt (default: the preset's)."),
     preset: str = typer.Option("none", help="Prompt preset: animagine, dashanime, danbooru, none, or a user preset."),
     preset_file: Optional[Path] = typer.Option(None, help="TOML file with user presets."),
-    sampler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras'."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: preset's, else 28)."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="CFG scale (default: preset's, else 7)."),
+    sampler: Optional[str] = typer.Option(None, help=f"A1111 sampler name (default: preset's, else {DEFAULT_SAMPLER!r})."),
+    steps: Optional[int] = typer.Option(None, help=f"Sampling steps (default: preset's, else {DEFAULT_STEPS})."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help=f"CFG scale (default: preset's, else {DEFAULT_CFG:g})."),
     seed: int = typer.Option(-1, help="Seed; -1 picks one. Image k uses seed+k."),
     width: Optional[int] = typer.Option(None, help="Width, multiple of 8 (default: preset's, else 512 SD1 / 1024 SDXL)."),
     height: Optional[int] = typer.Option(None, help="Height, multiple of 8."),
@@ -72,6 +63,7 @@ def generate_command(
     from animegen.generate import GenerationRequest, Generator, read_png_infotext, request_from_infotext, save_png
 
     with user_errors():
+        writable_folder(out)  # a read-only --out fails now, not after the images are made
         if from_png is not None:
             text = read_png_infotext(from_png)
             if text is None:
@@ -83,7 +75,7 @@ def generate_command(
             request = GenerationRequest(
                 prompt=prompt, negative_prompt=negative, preset=preset, sampler=sampler, steps=steps,
                 cfg_scale=cfg, seed=seed, width=width, height=height, clip_skip=clip_skip,
-                loras=[parse_lora_arg(x) for x in lora], n=n, batch_size=batch_size,
+                loras=[parse_lora_spec(x) for x in lora], n=n, batch_size=batch_size,
                 init_image=open_image(init_image) if init_image else None, strength=strength,
                 hires_scale=hires_scale, hires_steps=hires_steps, hires_denoise=hires_denoise)
         request.validate()
@@ -94,7 +86,7 @@ def generate_command(
         generator = Generator(model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle,
                               lora_dir=lora_dir, preset_file=preset_file, speedups=speedups)
         if from_png is not None:
-            for path, _ in (parse_lora_arg(x) for x in lora):
+            for path, _ in (parse_lora_spec(x) for x in lora):
                 generator.register_lora(path)  # names for the <lora:...> tags recorded in the prompt
         bar = tqdm(total=1, desc="generating", unit="step")
 
@@ -105,7 +97,6 @@ def generate_command(
 
         images = generator(request, progress=progress)
         bar.close()
-        out.mkdir(parents=True, exist_ok=True)
         index = _next_index(out)
         for i, img in enumerate(images):
             path = save_png(img, out / f"{index + i:05d}-{img.seed}.png")
@@ -120,7 +111,8 @@ def generate_command(
             tiles = [im.image for im in images] + [blank] * (rows * cols - len(images))
             grid_image = make_image_grid(tiles, rows=rows, cols=cols)
             grid_path = out / f"grid-{index:05d}.png"
-            grid_image.save(grid_path)
+            with atomic_path(grid_path) as tmp:
+                grid_image.save(tmp, format="PNG")
             typer.echo(f"saved {grid_path}")
 
 

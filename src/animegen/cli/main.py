@@ -12,9 +12,10 @@ from animegen.cli import models as models_cli
 from animegen.cli import presets as presets_cli
 from animegen.cli import serve as serve_cli
 from animegen.cli import train as train_cli
+from animegen.cli.common import UserErrorGroup
 
 app = typer.Typer(help="Anime image generation with SD1.x and SDXL: data, train, generate, eval, serve.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  cls=UserErrorGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(models_cli.app, name="models", help="Build tiny test models; inspect and convert checkpoints.")
 generate_cli.register(app)
 presets_cli.register(app)

@@ -37,9 +37,13 @@ def presets_command(
         table = Table(title="prompt presets")
         for column in ("name", "sampler", "steps", "cfg", "size", "example prompt", "description"):
             table.add_column(column, overflow="fold")
+        def shown(value) -> str:  # None: the preset recommends nothing, generation's default applies
+            return "default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
         for preset in presets:
-            cells = (preset.name, preset.sampler, str(preset.steps), f"{preset.cfg_scale:g}",
-                     f"{preset.width}x{preset.height}", build_prompt(preset, example), preset.description)
+            cells = (preset.name, shown(preset.sampler), shown(preset.steps), shown(preset.cfg_scale),
+                     f"{shown(preset.width)}x{shown(preset.height)}", build_prompt(preset, example),
+                     preset.description)
             table.add_row(*(Text(cell) for cell in cells))
         console.print(table)
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from animegen.cli.common import error_line, fail
+
 
 def register(app: typer.Typer) -> None:
     """Add the `serve` command to the main app."""
@@ -18,7 +20,7 @@ def serve(
     lora_dir: Path = typer.Option(None, "--lora-dir", help="Folder of LoRAs usable as <lora:name:weight>."),
     vae: str = typer.Option(None, "--vae", help="VAE override (folder or .safetensors)."),
     device: str = typer.Option(None, "--device", help="cuda, cpu, mps (default: best available)."),
-    dtype: str = typer.Option(None, "--dtype", help="float16, bfloat16 or float32."),
+    dtype: str = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16 (as for generate)."),
     host: str = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", help="Port (default 7860; 0 picks a free one)."),
     listen: bool = typer.Option(False, "--listen", help="Bind 0.0.0.0; requires --api-auth or --api-token."),
@@ -51,11 +53,12 @@ def serve(
                                          param_hint="--model")
             cfg = ServeConfig(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
+        problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"])
             flag = f"--{where.replace('_', '-')}: " if where else ""
-            typer.secho(f"error: {flag}{error['msg'].removeprefix('Value error, ')}", err=True, fg="red")
-        raise typer.Exit(2) from None
+            problems.append(f"{flag}{error['msg'].removeprefix('Value error, ')}")
+        fail("; ".join(problems))
 
     for name, folder in (("--model-dir", cfg.model_dir), ("--lora-dir", cfg.lora_dir)):
         if folder is not None and not Path(folder).is_dir():
@@ -69,8 +72,7 @@ def serve(
     try:
         app = create_app(cfg)
     except (ValueError, OSError) as exc:
-        typer.secho(f"error: cannot load --model {cfg.model}: {exc}", err=True, fg="red")
-        raise typer.Exit(2) from None
+        fail(f"cannot load --model {cfg.model}: {error_line(exc)}")
     where = f"http://{'127.0.0.1' if cfg.host == '0.0.0.0' else cfg.host}:{cfg.port}"
     ui_line = f"web UI: {where}/   " if cfg.ui else ""
     typer.echo(f"{ui_line}API: {where}/sdapi/v1   docs: {where}/docs")

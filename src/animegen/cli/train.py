@@ -1,4 +1,4 @@
-"""`animegen train CONFIG.toml [--resume] [--set key=value ...]` and `animegen train init --preset NAME --out F`."""
+"""`animegen train CONFIG.toml [--resume | --overwrite] [--set key=value ...]`; `animegen train init --preset NAME`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from animegen.cli.common import fail
+from animegen.core.files import atomic_write, writable_folder
 
 
 class _ConfigOrCommand(TyperGroup):
@@ -24,33 +25,32 @@ class _ConfigOrCommand(TyperGroup):
 
 
 app = typer.Typer(cls=_ConfigOrCommand, no_args_is_help=True, help="Fine-tune: LoRA family adapters or full fine-tunes.",
-                  epilog="Run a config: animegen train CONFIG.toml [--resume] [--set key=value ...] [--stop-at N]")
+                  epilog="Run a config: animegen train CONFIG.toml [--resume | --overwrite] [--set key=value ...] "
+                         "[--stop-at N]")
 
 
 @app.command("run", hidden=True)
 def run_command(
     config: Path = typer.Argument(..., help="Training config (TOML); write one with `animegen train init`."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in train.output_dir."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in train.output_dir "
+                                "(an error when there is none)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier run's export and checkpoints in "
+                                   "train.output_dir (train.overwrite); without it such a folder is refused."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a config key: --set optimizer.lr=1e-4"),
     stop_at: int | None = typer.Option(None, "--stop-at", help="Stop after this step with a checkpoint "
                                           "(for time-boxed/preemptible jobs); finish later with --resume."),
 ) -> None:
     """Train from CONFIG.toml."""
-    from animegen.train.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config, set_ or [])
-    except ConfigError as exc:
-        fail(str(exc))
-    from animegen.train.data import DataError
+    from animegen.train.config import load_config
     from animegen.train.trainer import NonFiniteLossError, train
 
+    # user errors (config, data, model, unwritable output_dir, full disk) become one line in cli/common
+    cfg = load_config(config, [*(set_ or []), *(["train.overwrite=true"] if overwrite else [])])
+    writable_folder(cfg.train.output_dir)  # fail before the model is loaded, not at the first checkpoint
     try:
         result = train(cfg, resume=resume, stop_at=stop_at)
     except NonFiniteLossError as exc:
         fail(str(exc), code=1)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
-        fail(str(exc))
     if not result.finished:
         typer.echo(f"stopped after step {result.step}; continue with --resume")
         return
@@ -68,12 +68,8 @@ def init_command(
     """Write an annotated config for a preset recipe."""
     from animegen.train.presets import preset_text
 
-    try:
-        text = preset_text(preset)
-    except ValueError as exc:
-        fail(str(exc))
+    text = preset_text(preset)
     if out.exists() and not force:
         fail(f"{out} exists; pass --force to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    atomic_write(out, text)
     typer.echo(f"wrote {out} (preset {preset}); set model.base and data.datasets, then `animegen train {out}`")

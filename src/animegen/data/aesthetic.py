@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from animegen.core.files import read_weights
 from animegen.data.batching import run_batched
 from animegen.data.manifest import STATUS_FILTERED, STATUS_OK, Manifest, ManifestRow
 
@@ -67,14 +68,8 @@ def load_predictor(path: str | Path) -> AestheticMLP:
         p = found[0]
     if not p.is_file():
         raise FileNotFoundError(f"aesthetic predictor {p} not found (e.g. sac+logos+ava1-l14-linearMSE.pth)")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(p))
-    else:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and "state_dict" in sd:
-            sd = sd["state_dict"]
+    # the published predictors are .pth files: read, as every pickle, weights-only
+    sd, _ = read_weights(p, allow_pickle=True)
     return AestheticMLP.from_state_dict(sd)
 
 

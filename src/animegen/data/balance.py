@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from animegen.core.files import atomic_write
 from animegen.data.manifest import Manifest, ManifestRow
 
 GIRLS = ["1girl", "2girls", "3girls", "4girls", "5girls", "6+girls", "multiple girls"]
@@ -212,5 +213,5 @@ def balance_dataset(
         report = BalanceReport(stats, float(np.median(sizes)) if sizes else 0.0)
         if chart and rows:
             report.chart = str(plot_balance(stats, Path(dataset) / "balance.png"))
-        (Path(dataset) / "balance.json").write_text(json.dumps(asdict(report), indent=2))
+        atomic_write(Path(dataset) / "balance.json", json.dumps(asdict(report), indent=2))
     return report

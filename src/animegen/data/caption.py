@@ -20,14 +20,12 @@ from PIL import Image
 
 from animegen.data.batching import run_batched
 from animegen.data.manifest import Manifest, ManifestRow
+from animegen.prompts.tags import RATING_WORDS, is_count_tag
 
 Captioner = Callable[[list[Image.Image]], list[str]]
 
-#: WD14 rating -> rating words in captions (Animagine XL 3.1 convention).
-RATING_WORDS = {"general": "safe", "sensitive": "sensitive", "questionable": "nsfw", "explicit": "explicit, nsfw"}
-
-_COUNT_TAG = re.compile(r"^(?:\d+\+?\s?(?:girl|boy|other)s?|multiple (?:girls|boys|others)|no humans|solo|"
-                        r"solo focus)$")
+#: Tags that go with the counting tags (`animegen.prompts.tags.is_count_tag`) at the front of a caption.
+_WITH_COUNT = frozenset({"solo", "solo focus"})
 META_TAGS = frozenset({"highres", "absurdres", "lowres", "commentary", "commentary request", "translated",
                        "translation request", "english commentary", "official art", "scan", "watermark",
                        "signature", "artist name", "web address", "jpeg artifacts"})
@@ -104,7 +102,7 @@ def categorize_tags(general: Sequence[str], character: Sequence[str] = ()) -> di
         if t in seen:
             continue
         seen.add(t)
-        if _COUNT_TAG.match(t):
+        if is_count_tag(t) or t in _WITH_COUNT:
             out["count"].append(t)
         elif t in META_TAGS:
             out["meta"].append(t)

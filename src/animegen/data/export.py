@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from animegen.core.files import atomic_write
 from animegen.data.image_io import DEFAULT_MAX_PIXELS, ImageError, open_image
 from animegen.data.manifest import ManifestRow, load_manifest
 
@@ -82,16 +82,14 @@ def export_kohya(dataset: str | Path, out: str | Path, *, progress: bool = True)
         try:
             if not target.exists():
                 _, data = image_payload(row)
-                tmp = target.with_suffix(target.suffix + ".tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                atomic_write(target, data)
                 written += 1
             else:
                 skipped += 1
         except (ImageError, OSError) as e:
             failed.append((row.path, getattr(e, "reason", str(e))))
             continue
-        (folder / (name + ".txt")).write_text(row_caption(row), encoding="utf-8")
+        atomic_write(folder / (name + ".txt"), row_caption(row))
     return ExportReport(written, skipped, failed, [])
 
 
@@ -142,14 +140,6 @@ def export_webdataset(
                         "txt": row_caption(row), "json": meta})
             written += 1
     shards = sorted(p.name for p in out.glob("shard-*.tar"))
-    (out / WDS_INDEX).write_text(json.dumps({"shards": shards, "samples": written}, indent=2))
+    atomic_write(out / WDS_INDEX, json.dumps({"shards": shards, "samples": written}, indent=2))
     return ExportReport(written, 0, failed, shards)
-
-
-def export_dataset(dataset: str | Path, out: str | Path, *, format: str = "kohya", **kwargs) -> ExportReport:
-    if format == "kohya":
-        return export_kohya(dataset, out, **{k: v for k, v in kwargs.items() if k == "progress"})
-    if format == "wds":
-        return export_webdataset(dataset, out, **kwargs)
-    raise ValueError(f"unknown export format {format!r}; use kohya or wds")
 

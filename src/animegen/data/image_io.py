@@ -7,7 +7,6 @@ through `open_image` so they all agree on what an image is and get a human reaso
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -16,14 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from animegen.core.errors import AnimegenError
+
 #: Default pixel limit (width * height): ~ 16k x 16k. Large enough for any real illustration, small enough
 #: that a crafted file cannot make us allocate gigabytes.
 DEFAULT_MAX_PIXELS = 256_000_000
-
-#: File extensions the scanners pick up (content is still sniffed; the extension only selects candidates).
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic"}
-)
 
 # PIL format name -> extensions that honestly carry it.
 _FORMAT_EXTENSIONS = {
@@ -39,7 +35,7 @@ _FORMAT_EXTENSIONS = {
 }
 
 
-class ImageError(Exception):
+class ImageError(AnimegenError):
     """An image that cannot be used, with the path and a human-readable reason."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -208,12 +204,6 @@ def _describe_content(path: Path) -> str:
         return "looks like a text file"
     except UnicodeDecodeError:
         return "unknown binary format"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of the file's bytes: the content identity used for exact duplicates and resuming."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def perceptual_hash(image: Image.Image, hash_size: int = 8) -> str:

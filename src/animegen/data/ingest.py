@@ -19,16 +19,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from animegen.core.files import IMAGE_EXTENSIONS, atomic_write, sha256_file
 from animegen.data.image_io import (
     DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
     ImageError,
     color_distance,
     hash_distance,
     mean_color,
     perceptual_hash,
     read_image,
-    sha256_file,
 )
 from animegen.data.manifest import (
     STATUS_DUPLICATE,
@@ -225,7 +224,7 @@ def _process(path: Path, stat: os.stat_result, old: ManifestRow | None, known: d
              max_pixels: int) -> tuple[str, ManifestRow | None] | tuple[str, str]:
     """Worker: hash the file, decode it only if its content is new. Returns (kind, payload)."""
     try:
-        sha = sha256_file(path)
+        sha = sha256_file(path, cached=False)
     except OSError as e:
         return "error", ManifestRow(path=str(path), status=STATUS_ERROR, reason=f"cannot read file: {e}")
     if old is not None and old.sha256 == sha:
@@ -309,6 +308,6 @@ def ingest(
                 report.errors.append((r.path, r.reason or "unknown error"))
             elif r.status == STATUS_DUPLICATE:
                 report.duplicates.append((r.path, r.duplicate_of or ""))
-        (out / NEAR_DUPLICATES_REPORT).write_text(json.dumps(
+        atomic_write(out / NEAR_DUPLICATES_REPORT, json.dumps(
             [{"kept": c[0], "dropped": c[1:]} for c in report.clusters], indent=2))
     return report

@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
+from animegen.core.files import atomic_write
+
 MANIFEST_NAME = "manifest.jsonl"
 LOCK_NAME = ".manifest.lock"
 
@@ -207,12 +209,8 @@ class Manifest:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row.to_dict(), ensure_ascii=False) + "\n" for row in self.rows.values())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(json.dumps(row.to_dict(), ensure_ascii=False) + "\n"
+                                        for row in self.rows.values()))
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._dirty = 0
 

@@ -10,7 +10,6 @@ Two resize modes, always named in results because they give different numbers:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from animegen.core.files import IMAGE_EXTENSIONS, atomic_path, cache_root, sha256_file
 from animegen.evaluate.inception import INPUT_SIZE
 from animegen.evaluate.metrics import MetricError, check_features
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MODES = ("legacy", "clean")
 CACHE_VERSION = 1
 
@@ -118,19 +117,12 @@ def extract_features(images: Sequence[Image.Image], model: torch.nn.Module, *, m
 
 def content_hash(paths: Iterable[Path]) -> str:
     """SHA-256 over the sorted per-file content hashes: renames keep it, any pixel change breaks it."""
-    digests = []
-    for path in paths:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        digests.append(h.hexdigest())
+    digests = [sha256_file(path, cached=False) for path in paths]
     return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "animegen" / "fid_stats"
+    return cache_root() / "fid_stats"
 
 
 def folder_features(folder: str | Path, model: torch.nn.Module, *, mode: str = "legacy",
@@ -163,11 +155,9 @@ def folder_features(folder: str | Path, model: torch.nn.Module, *, mode: str = "
     check_features(feats, str(folder))
     used = [str(p) for p, _ in loaded]
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
         feats64 = feats.astype(np.float64)
-        np.savez(tmp, features=feats, mu=feats64.mean(0), sigma=np.cov(feats64, rowvar=False),
-                 paths=np.array(used), skipped=np.array(["\t".join(s) for s in skipped], dtype=str),
-                 mode=mode, model_id=model_id)
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+            np.savez(f, features=feats, mu=feats64.mean(0), sigma=np.cov(feats64, rowvar=False),
+                     paths=np.array(used), skipped=np.array(["\t".join(s) for s in skipped], dtype=str),
+                     mode=mode, model_id=model_id)
     return FeatureSet(feats, used, mode, model_id, skipped)

@@ -10,12 +10,14 @@ attribute names below are torchvision's, so the real state dict loads with `stri
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from animegen.core.errors import AnimegenError
+from animegen.core.files import read_weights, sha256_file
 
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{WEIGHTS_FILENAME}"
@@ -23,7 +25,7 @@ FEATURE_DIM = 2048
 INPUT_SIZE = 299
 
 
-class InceptionWeightsMissing(FileNotFoundError):
+class InceptionWeightsMissing(AnimegenError, FileNotFoundError):
     """The FID Inception weights are not on disk (we never download them)."""
 
 
@@ -230,31 +232,19 @@ def build_fid_inception(weights: str | Path | None = "default", *, seed: int = 0
         path = default_weights_path() if str(weights) == "default" else Path(weights).expanduser()
         if not path.is_file():
             raise InceptionWeightsMissing(_missing_message(path))
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        # the published weights exist only as a .pth: read, as every pickle, weights-only
+        state, _ = read_weights(path, allow_pickle=True)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
             raise ValueError(f"'{path}' is not the pytorch-fid Inception state dict "
                              f"({WEIGHTS_FILENAME}): {str(err)[:300]}") from err
-        model.weights_id = f"{path.name}:{_sha256(path)[:16]}"
+        model.weights_id = f"{path.name}:{sha256_file(path)[:16]}"
     model.requires_grad_(False)
     model.eval()
     if device is not None:
         model.to(device)
     return model
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_random(model: nn.Module) -> bool:

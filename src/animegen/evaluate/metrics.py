@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg
 
+from animegen.core.errors import AnimegenError
+
 FID_MIN_RELIABLE = 2048  # below this the 2048-d covariance is rank-deficient and FID biased upward
 KID_MIN_RELIABLE = 100
 
 
-class MetricError(ValueError):
+class MetricError(AnimegenError):
     """A metric cannot give a meaningful number for these inputs (message says why and what to do)."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from animegen.core.files import atomic_write
 from animegen.evaluate.metrics import MetricError
 
 THUMB = 192
@@ -222,12 +223,9 @@ def load_metrics(run_dir: str | Path) -> dict:
 
 
 def _write_html(out: Path, title: str, parts: Sequence[str]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, doc)
 
 
 def _label(run_dir: Path, data: dict, others: Sequence[Path]) -> str:
@@ -319,5 +317,5 @@ def write_compare_report(run_dirs: Sequence[str | Path], out: str | Path) -> Pat
     summary = {"runs": [{"dir": str(d), "label": lb, "metrics": {k: v for k, v in r["metrics"].items()
                                                                  if k != "tag_adherence"}}
                         for d, lb, r in zip(dirs, labels, runs)]}
-    (out_file.parent / "compare.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    atomic_write(out_file.parent / "compare.json", json.dumps(summary, indent=2, default=str))
     return out_file

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from animegen import __version__
+from animegen.core.files import atomic_write
 from animegen.evaluate.metrics import MetricError
 
 FORMAT_VERSION = 1
@@ -295,10 +296,7 @@ def _write_json(path: Path, data: dict) -> None:
             return clean(obj.item())
         return obj
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(clean(data), indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(clean(data), indent=2, ensure_ascii=False))
 
 
 def compare(run_dirs: Sequence[str | Path], out: str | Path) -> Path:

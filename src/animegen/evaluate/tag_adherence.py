@@ -14,9 +14,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from animegen.evaluate.metrics import MetricError
+from animegen.prompts.tags import RATING_ALIASES, RATINGS, is_count_tag
 
-RATING_TAGS = {"general", "sensitive", "questionable", "explicit"}
-RATING_ALIASES = {"safe": "general", "sfw": "general", "nsfw": "explicit"}
 NON_VISUAL_TAGS = {
     "masterpiece", "best quality", "amazing quality", "great quality", "high quality", "good quality",
     "normal quality", "low quality", "bad quality", "worst quality", "very aesthetic", "aesthetic",
@@ -24,7 +23,6 @@ NON_VISUAL_TAGS = {
     "newest", "recent", "mid", "early", "old", "oldest", "anime illustration", "score 9", "score 8 up",
 }
 _YEAR = re.compile(r"^(year )?\d{4}s?$")
-_COUNT = re.compile(r"^(\d+\+?|multiple|no) ?(girls?|boys?|others?|humans)$")
 CATEGORIES = ("count", "character", "general", "rating")
 
 
@@ -53,11 +51,11 @@ def _category(tag: str, character_tags: set[str], categories: Mapping[str, str] 
         return categories[tag]
     if tag in NON_VISUAL_TAGS or _YEAR.match(tag):
         return None
-    if tag in RATING_TAGS:
+    if tag in RATINGS:
         return "rating"
     if vocabulary is not None and tag not in vocabulary:
         return None
-    if _COUNT.match(tag):
+    if is_count_tag(tag):
         return "count"
     if vocabulary is not None:
         return vocabulary[tag]

@@ -21,9 +21,11 @@ import torch
 from PIL import Image
 
 from animegen import __version__
+from animegen.core.errors import AnimegenError
 from animegen.generate.infotext import format_infotext
 from animegen.generate.request import GenerationRequest, ResolvedRequest, resolve
 from animegen.generate.samplers import make_scheduler, resolve_sampler
+from animegen.models.family import family_of
 
 Progress = Callable[[int, int], None]
 
@@ -42,23 +44,34 @@ class GenerationInterrupted(RuntimeError):
 
 
 class Generator:
-    """Holds one model (plus optional VAE override) and generates from `GenerationRequest`s."""
+    """Holds one model (plus optional VAE override) and generates from `GenerationRequest`s.
 
-    def __init__(self, model: str | os.PathLike, *, vae: str | os.PathLike | None = None,
+    `Generator(model)` loads the model and applies the device's speed-up defaults (`generate/speed.py`).
+    `Generator(pipe=existing)` borrows a pipeline the caller owns (a training run, a benchmark) and never
+    changes it: no speed-ups unless `speedups=` asks for them, since fusing QKV or changing the memory
+    format would swap the very modules the caller trains. Its infotext `Model:` is `model_name=`, else
+    the name of the folder/file the pipe was loaded from (`name_or_path`).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, vae: str | os.PathLike | None = None,
                  device: str | None = None, dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
                  lora_dir: str | os.PathLike | None = None, pipe=None, preset_file: str | os.PathLike | None = None,
-                 speedups=None):
-        from animegen.models.loading import load_pipeline, model_hash, model_name
+                 speedups=None, model_name: str | None = None):
+        from animegen.models import loading
 
-        self.model = str(model)
-        self.pipe = pipe if pipe is not None else load_pipeline(
+        if model is None and pipe is None:
+            raise TypeError("Generator needs a model (path or hub id) to load, or pipe= an already loaded pipeline")
+        source = model if model is not None else getattr(pipe, "name_or_path", None)
+        self.model = None if source is None else str(source)
+        self.pipe = pipe if pipe is not None else loading.load_pipeline(
             model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle)
-        self.model_name = model_name(model)
-        self.model_hash = model_hash(model) if pipe is None else None
+        self.model_name = model_name or (loading.model_name(source) if source else None)
+        self.model_hash = loading.model_hash(model) if pipe is None else None
         self.vae_name = Path(vae).stem if vae else None
         self.lora_dir = Path(lora_dir) if lora_dir else None
+        self.allow_pickle = allow_pickle  # also for pickled LoRA files (.pt/.ckpt/.bin)
         self.preset_file = preset_file
-        self.is_sdxl = hasattr(self.pipe, "text_encoder_2")
+        self.family = family_of(self.pipe)  # default size, and what infotext / UIs show
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self._known_loras: dict[str, Path] = {}
         self._lora_cache: dict[tuple[str, int], Any] = {}
@@ -67,7 +80,9 @@ class Generator:
         from animegen.generate.speed import SpeedupConfig, apply_speedup_config
 
         # on CPU the default config changes nothing; on CUDA it turns on channels_last and fused QKV
-        self.speedup_report = apply_speedup_config(self.pipe, speedups or SpeedupConfig())
+        self.speedup_report = None  # a lent pipe is left exactly as it was unless speed-ups are asked for
+        if pipe is None or speedups is not None:
+            self.speedup_report = apply_speedup_config(self.pipe, speedups or SpeedupConfig())
 
     # ---- LoRA resolution -------------------------------------------------------------------------
     def register_lora(self, path: str | os.PathLike) -> str:
@@ -106,18 +121,29 @@ class Generator:
         key = (str(path.resolve()), path.stat().st_mtime_ns)
         if key not in self._lora_cache:
             try:
-                self._lora_cache[key] = read_lora(path)
+                self._lora_cache[key] = read_lora(path, allow_pickle=self.allow_pickle)
+            except AnimegenError:
+                raise  # already names the file and the fix
             except Exception as e:
-                raise ValueError(f"cannot read LoRA {path}: {e}") from e
+                raise AnimegenError(f"cannot read LoRA {path}: {e}") from e
         return self._lora_cache[key]
 
-    def _prepare_loras(self, resolved: ResolvedRequest) -> tuple[str, str, list[tuple[str, Path, float]]]:
-        """Strip `<lora:...>` tags from the prompt, collect every LoRA, and return the recorded prompt too."""
-        from animegen.prompts.parser import extract_lora_tags
+    def _prepare_loras(self, resolved: ResolvedRequest) -> tuple[str, str, list[tuple[str, Path, Any]]]:
+        """Strip every `<name:...>` tag from the prompt (as A1111), collect every LoRA (its multiplier a float
+        or A1111's te/unet split), warn about other networks, and return the recorded prompt too."""
+        import logging
 
-        clean_prompt, tags = extract_lora_tags(resolved.prompt)
+        from animegen.prompts.parser import parse_extra_networks
+
+        clean_prompt, tags, unsupported = parse_extra_networks(resolved.prompt)
+        log = logging.getLogger(__name__)
+        for tag in unsupported:
+            log.warning("ignoring %s: animegen applies only <lora:...> / <lyco:...> extra networks", tag)
+        for t in tags:
+            if t.dyn is not None:
+                log.warning("ignoring dyn=%d of <lora:%s>: animegen merges a LoRA at its full rank", t.dyn, t.name)
         recorded = resolved.prompt
-        loras = [(name, self.resolve_lora(name, allow_path=False), weight) for name, weight in tags]
+        loras = [(t.name, self.resolve_lora(t.name, allow_path=False), t.multiplier) for t in tags]
         for ref, weight in resolved.loras:
             path = self.resolve_lora(ref)
             self._known_loras.setdefault(path.stem, path)
@@ -126,19 +152,17 @@ class Generator:
         return clean_prompt, recorded, loras
 
     def _apply_loras(self, loras: list[tuple[str, Path, float]]) -> None:
-        from animegen.generate.speed import sync_fused_qkv
-        from animegen.models.lora import apply_loras, remove_loras
+        from animegen.models.lora import apply_loras, remove_loras  # both refresh fused QKV copies
 
         if loras:
             apply_loras(self.pipe, [(self._read_lora(path), weight) for _, path, weight in loras])
         else:
             remove_loras(self.pipe)
-        sync_fused_qkv(self.pipe)  # fused QKV layers copy to_q/k/v weights: refresh them after a merge
 
     # ---- generation ------------------------------------------------------------------------------
     @property
     def default_size(self) -> int:
-        return 1024 if self.is_sdxl else 512
+        return self.family.default_size
 
     def __call__(self, request: GenerationRequest, *, progress: Progress | None = None,
                  interrupt: threading.Event | None = None) -> list[GeneratedImage]:
@@ -196,18 +220,24 @@ class Generator:
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
+    def _run(self, pipe, r: ResolvedRequest, **call):
+        """Run `pipe` with the request's sampler, then give it back its own scheduler: a lent pipe is unchanged."""
+        own = pipe.scheduler
+        pipe.scheduler = self._scheduler(r)
+        try:
+            return pipe(**call).images
+        finally:
+            pipe.scheduler = own
+
     def _run_batch(self, r: ResolvedRequest, seeds: list[int], kwargs: dict, tracker: _StepTracker) -> np.ndarray:
         common = dict(guidance_scale=r.cfg_scale, output_type="np", callback_on_step_end=tracker, **kwargs)
         if r.init_image is not None:
             init = r.init_image.convert("RGB").resize((r.width, r.height), Image.LANCZOS)
-            pipe = self.img2img_pipeline()
-            pipe.scheduler = self._scheduler(r)
-            out = pipe(image=[init] * len(seeds), strength=r.strength, num_inference_steps=r.steps,
-                       generator=self._generators(seeds), **common).images
+            out = self._run(self.img2img_pipeline(), r, image=[init] * len(seeds), strength=r.strength,
+                            num_inference_steps=r.steps, generator=self._generators(seeds), **common)
         else:
-            self.pipe.scheduler = self._scheduler(r)
-            out = self.pipe(width=r.width, height=r.height, num_inference_steps=r.steps,
-                            generator=self._generators(seeds), **common).images
+            out = self._run(self.pipe, r, width=r.width, height=r.height, num_inference_steps=r.steps,
+                            generator=self._generators(seeds), **common)
         if r.hires_scale > 1 and not tracker.interrupted:
             out = self._hires(r, seeds, out, common)
         return np.asarray(out, dtype=np.float32)
@@ -219,10 +249,8 @@ class Generator:
         upscaled = [Image.fromarray((a * 255).round().clip(0, 255).astype("uint8")).resize((width, height),
                                                                                           Image.LANCZOS)
                     for a in first]
-        pipe = self.img2img_pipeline()
-        pipe.scheduler = self._scheduler(r)
-        return pipe(image=upscaled, strength=r.hires_denoise, num_inference_steps=r.hires_steps or r.steps,
-                    generator=self._generators(seeds), **common).images
+        return self._run(self.img2img_pipeline(), r, image=upscaled, strength=r.hires_denoise,
+                         num_inference_steps=r.hires_steps or r.steps, generator=self._generators(seeds), **common)
 
     def _parameters(self, r: ResolvedRequest, seed: int, loras: list[tuple[str, Path, float]]) -> dict[str, Any]:
         from animegen.models.lora import lora_hash

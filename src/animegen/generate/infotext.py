@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
+
+from animegen.core.files import atomic_path
 
 # A1111's own pattern for one `Key: value` pair on the parameters line.
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -84,16 +85,6 @@ def parse_infotext(text: str) -> dict[str, Any]:
     return result
 
 
-def parse_lora_hashes(value: str) -> dict[str, str]:
-    """`Lora hashes: "name: 0123abcd, other: 4567ef01"` → {name: hash}."""
-    hashes: dict[str, str] = {}
-    for item in value.split(","):
-        if ":" in item:
-            name, h = item.rsplit(":", 1)
-            hashes[name.strip()] = h.strip()
-    return hashes
-
-
 def png_with_infotext(image: Image.Image, infotext: str) -> PngImagePlugin.PngInfo:
     """The PNG metadata block A1111 writes: a `parameters` tEXt (iTXt when not Latin-1) chunk."""
     info = PngImagePlugin.PngInfo()
@@ -108,23 +99,9 @@ def png_with_infotext(image: Image.Image, infotext: str) -> PngImagePlugin.PngIn
 def save_png(generated, path: str | os.PathLike) -> Path:
     """Write a `GeneratedImage` (or any object with `.image` and `.infotext`) as PNG, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            generated.image.save(f, format="PNG", pnginfo=png_with_infotext(generated.image, generated.infotext))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a PNG should be readable like any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        generated.image.save(tmp, format="PNG", pnginfo=png_with_infotext(generated.image, generated.infotext))
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_png_infotext(path: str | os.PathLike) -> str | None:

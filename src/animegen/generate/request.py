@@ -1,17 +1,21 @@
 """What a user asks for: one typed request shared by the CLI, the Python API, the REST API and the UI.
 
 Fields left as None are filled from the chosen preset (sampler, steps, CFG, size), then from the
-model family's defaults; `resolve` does that in one place so every front end behaves the same.
+defaults below (size: the model family's, `ModelFamily.default_size`). `resolve` is the one home of
+these defaults: the CLI, the library, the REST API and the web UI all leave what the user did not set
+as None and let it decide, so a preset's settings apply the same way through every front end.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
 
+from animegen.core.errors import AnimegenError
 from animegen.generate.infotext import parse_infotext
 
 DEFAULT_SAMPLER = "Euler a"
@@ -69,6 +73,30 @@ class GenerationRequest:
                 raise ValueError(f"LoRA {name!r} weight must be a number, got {weight!r}")
 
 
+def parse_lora_spec(spec: str) -> tuple[str, float]:
+    """`PATH_OR_NAME[:WEIGHT]` -> (path or name, weight); no weight is 1.0, as A1111's `<lora:name>`.
+
+    The weight is what follows the last `:` unless a `/` or `\\` follows it, as after a Windows
+    drive (`C:\\loras\\x.safetensors`, `C:\\loras\\x.safetensors:0.8`). A weight that is not a finite
+    number is an error, not silently part of the file name.
+    """
+    head, sep, tail = spec.rpartition(":")
+    if not sep or "/" in tail or "\\" in tail:
+        path, weight = spec, 1.0
+    else:
+        path = head
+        try:
+            weight = float(tail)
+        except ValueError:
+            weight = math.nan
+        if not math.isfinite(weight):
+            raise AnimegenError(f"LoRA {spec!r}: weight {tail!r} is not a number; write PATH[:WEIGHT], "
+                                "e.g. style.safetensors:0.8")
+    if not path:
+        raise AnimegenError(f"LoRA {spec!r} names no file; write PATH[:WEIGHT], e.g. style.safetensors:0.8")
+    return path, weight
+
+
 @dataclass(frozen=True)
 class ResolvedRequest:
     """A request with every default filled in; what the engine runs and the infotext records."""
@@ -100,21 +128,25 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
     preset = get_preset(request.preset, preset_file) if request.preset not in ("", None) else None
     prompt = build_prompt(preset, request.prompt) if preset is not None else request.prompt
     negative = request.negative_prompt or (preset.negative if preset is not None else "")
-    use_preset = preset is not None and preset.name != "none"
     base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED - request.n)
-    width = request.width or (preset.width if use_preset and preset.width else default_size)
-    height = request.height or (preset.height if use_preset and preset.height else default_size)
+
+    def setting(name: str, default):
+        """The request's value, else the preset's recommendation, else the default."""
+        for value in (getattr(request, name), getattr(preset, name, None)):
+            if value not in (None, ""):
+                return value
+        return default
+
     return ResolvedRequest(
         prompt=prompt,
         negative_prompt=negative,
-        sampler=request.sampler or (preset.sampler if use_preset and preset.sampler else DEFAULT_SAMPLER),
+        sampler=setting("sampler", DEFAULT_SAMPLER),
         schedule_type=request.schedule_type,
-        steps=request.steps or (preset.steps if use_preset and preset.steps else DEFAULT_STEPS),
-        cfg_scale=request.cfg_scale if request.cfg_scale is not None
-        else (preset.cfg_scale if use_preset and preset.cfg_scale else DEFAULT_CFG),
+        steps=setting("steps", DEFAULT_STEPS),
+        cfg_scale=setting("cfg_scale", DEFAULT_CFG),
         seeds=tuple(range(base_seed, base_seed + request.n)),
-        width=width,
-        height=height,
+        width=setting("width", default_size),
+        height=setting("height", default_size),
         clip_skip=request.clip_skip,
         loras=tuple((str(p), float(w)) for p, w in request.loras),
         batch_size=request.batch_size,

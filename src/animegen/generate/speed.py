@@ -9,9 +9,8 @@ warm-up (torch.compile, CUDA graphs) or change large images (VAE tiling) are opt
 
 LoRA and fused QKV: `fuse_qkv` copies `to_q/to_k/to_v` into one `to_qkv` (`to_k/to_v` into `to_kv`
 for cross-attention) and the fused processor reads only the copy. `animegen.models.lora.apply_loras`
-merges into `to_q/to_k/to_v` in place, which the fused copy would silently ignore. So after any
-LoRA merge or removal call `sync_fused_qkv(pipe)`: it re-copies the weights into the fused layers
-in place (same tensors, so compiled graphs and CUDA graphs keep working).
+and `remove_loras` refresh those copies in place after every merge (`models/lora/fused.py`), so
+callers need no sync step and compiled graphs / CUDA graphs keep working.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from animegen.core.files import cache_root
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _FUSED_ATTR = "_animegen_fused_qkv"
@@ -130,8 +131,7 @@ def set_compile_cache(cache_dir: str | os.PathLike) -> Path:
 
 
 def default_compile_cache_dir() -> Path:
-    root = Path(os.environ.get("ANIMEGEN_CACHE", Path.home() / ".cache" / "animegen"))
-    return root / "inductor"
+    return cache_root() / "inductor"
 
 
 def apply_speedups(pipe, *, channels_last: bool | None = None, fuse_qkv: bool | None = None,
@@ -181,7 +181,6 @@ def apply_speedup_config(pipe, config: SpeedupConfig) -> SpeedupReport:
             pipe.fuse_qkv_projections(unet=True, vae=vae is not None)
             object.__setattr__(pipe, _FUSED_ATTR, True)
             report.applied["fuse_qkv"] = True
-            report.notes.append("fuse_qkv: call sync_fused_qkv(pipe) after merging or removing LoRAs")
 
     if vae is not None and c.vae_tiling:
         vae.enable_tiling()
@@ -217,48 +216,5 @@ def _has_added_kv(unet: torch.nn.Module) -> bool:
     return any("Added" in type(p).__name__ for p in unet.attn_processors.values())
 
 
-def _fused_layers(module: torch.nn.Module):
-    from diffusers.models.attention_processor import Attention
-
-    for attn in module.modules():
-        if isinstance(attn, Attention) and getattr(attn, "fused_projections", False):
-            if hasattr(attn, "to_qkv"):
-                yield attn.to_qkv, (attn.to_q, attn.to_k, attn.to_v)
-            if hasattr(attn, "to_kv"):
-                yield attn.to_kv, (attn.to_k, attn.to_v)
-
-
 def is_qkv_fused(pipe) -> bool:
     return bool(pipe.__dict__.get(_FUSED_ATTR, False))
-
-
-@torch.no_grad()
-def sync_fused_qkv(pipe) -> int:
-    """Re-copy `to_q/to_k/to_v` into the fused projections in place; returns the layers updated.
-
-    Needed after `apply_loras`/`remove_loras` on a pipeline with fused QKV (a no-op otherwise).
-    The fused tensors keep their identity, so a compiled UNet or captured CUDA graph stays valid.
-    """
-    if not is_qkv_fused(pipe):
-        return 0
-    count = 0
-    for module in (pipe.unet, _vae(pipe)):
-        if module is None:
-            continue
-        for fused, parts in _fused_layers(module):
-            fused.weight.copy_(torch.cat([p.weight for p in parts]))
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([p.bias for p in parts]))
-            count += 1
-    return count
-
-
-def fused_qkv_in_sync(pipe) -> bool:
-    """True if every fused projection equals its separate weights (e.g. no un-synced LoRA merge)."""
-    for module in (pipe.unet, _vae(pipe)):
-        if module is None:
-            continue
-        for fused, parts in _fused_layers(module):
-            if not torch.equal(fused.weight, torch.cat([p.weight for p in parts])):
-                return False
-    return True

@@ -10,28 +10,22 @@ SD2/SDXL: 64 channels per head, CLIP: 64 channels per head).
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.resources import files
-from pathlib import Path
 from typing import Literal
 
-from animegen.models.ldm_names import TEXT_ENCODER_PREFIXES, UNET_PREFIX, VAE_PREFIX
+from animegen.core.errors import AnimegenError
+from animegen.models.family import FAMILIES, SD1, SD2, SDXL, TextEncoderSpec, get_family
+from animegen.models.ldm_names import UNET_PREFIX, VAE_PREFIX
 
 Family = Literal["sd1", "sd2", "sdxl"]
 PredictionType = Literal["epsilon", "v_prediction"]
 
-CONFIG_DIR = Path(str(files("animegen.models") / "configs"))
-FAMILY_NAMES = {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
-_SDXL_TE2 = "conditioner.embedders.1.model."
-_SD2_TE = "cond_stage_model.model."
-_SD1_TE = "cond_stage_model.transformer."
-_SDXL_TE1 = "conditioner.embedders.0.transformer."
+_SDXL_TE2 = SDXL.text_encoder("text_encoder_2").ldm_weights_prefix
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AnimegenError):
     """A checkpoint file that cannot be used, with what was found and what to do instead."""
 
 
@@ -54,7 +48,7 @@ class ArchInfo:
 
     def check_complete(self, *, vae_given: bool = False) -> None:
         """Raise CheckpointError naming the part a full pipeline needs but this file lacks."""
-        name = FAMILY_NAMES[self.family]
+        name = get_family(self.family).display_name
         if not self.has_unet:
             raise CheckpointError(f"this {name} file has no UNet ({UNET_PREFIX}* keys): it is not a full checkpoint")
         if self.missing_text_encoders:
@@ -100,12 +94,20 @@ def _reject_foreign(keys: list[str]) -> None:
 
 
 def _family_from_unet(sd: Mapping) -> Family | None:
+    """UNet-only files: the cross-attention width is the text encoders' (768 / 1024 / 2048)."""
     if f"{UNET_PREFIX}label_emb.0.0.weight" in sd:
         return "sdxl"
+    widths = {f.config("unet")["cross_attention_dim"]: f.name for f in FAMILIES.values()}
     for key, value in sd.items():
         if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight"):
-            return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(int(value.shape[1]))
+            return widths.get(int(value.shape[1]))
     return None
+
+
+def _missing(keys, te: TextEncoderSpec) -> list[str]:
+    if _has_prefix(keys, te.ldm_weights_prefix):
+        return []
+    return [f"{te.component} ({te.description}, {te.ldm_weights_prefix}*)"]
 
 
 def detect_architecture(state_dict: Mapping, metadata: Mapping[str, str] | None = None) -> ArchInfo:
@@ -118,9 +120,9 @@ def detect_architecture(state_dict: Mapping, metadata: Mapping[str, str] | None 
     _reject_foreign(keys)
     if _has_prefix(keys, _SDXL_TE2):
         family: Family | None = "sdxl"
-    elif _has_prefix(keys, _SD2_TE):
+    elif _has_prefix(keys, SD2.text_encoders[0].ldm_weights_prefix):
         family = "sd2"
-    elif _has_prefix(keys, _SD1_TE):
+    elif _has_prefix(keys, SD1.text_encoders[0].ldm_weights_prefix):
         family = "sdxl" if f"{UNET_PREFIX}label_emb.0.0.weight" in state_dict else "sd1"
     else:
         family = _family_from_unet(state_dict)
@@ -129,17 +131,8 @@ def detect_architecture(state_dict: Mapping, metadata: Mapping[str, str] | None 
             "cannot tell which model this is: no SD1 (cond_stage_model.transformer.*), SD2 "
             "(cond_stage_model.model.*) or SDXL (conditioner.embedders.1.model.*) keys; "
             f"found top-level keys {_sample(keys)}")
-    missing: list[str] = []
-    if family == "sdxl":
-        if not _has_prefix(keys, _SDXL_TE1):
-            missing.append("text_encoder (CLIP-L, conditioner.embedders.0.transformer.*)")
-        if not _has_prefix(keys, _SDXL_TE2):
-            missing.append("text_encoder_2 (OpenCLIP-bigG, conditioner.embedders.1.model.*)")
-    elif family == "sd2" and not _has_prefix(keys, _SD2_TE):
-        missing.append("text_encoder (OpenCLIP-H, cond_stage_model.model.*)")
-    elif family == "sd1" and not _has_prefix(keys, _SD1_TE):
-        missing.append("text_encoder (CLIP-L, cond_stage_model.transformer.*)")
-    prediction: PredictionType = "v_prediction" if family == "sd2" else "epsilon"
+    missing = [m for te in FAMILIES[family].text_encoders for m in _missing(keys, te)]
+    prediction: PredictionType = FAMILIES[family].config("scheduler").get("prediction_type", "epsilon")
     meta_pred = (metadata or {}).get("modelspec.prediction_type", "").lower()
     if "v_pred" in state_dict or meta_pred in ("v", "v_prediction", "v-prediction"):
         prediction = "v_prediction"
@@ -158,11 +151,8 @@ def detect_architecture(state_dict: Mapping, metadata: Mapping[str, str] | None 
 
 
 def family_config(family: Family, component: str) -> dict:
-    """A copy of the released diffusers config of `component` for `family` (shipped JSON)."""
-    path = CONFIG_DIR / family / f"{component}.json"
-    if not path.is_file():
-        raise CheckpointError(f"no {component} config for family {family!r}")
-    return json.loads(path.read_text())
+    """A copy of the released diffusers config of `component` for `family` (`ModelFamily.config`)."""
+    return get_family(family).config(component)
 
 
 # ---------------------------------------------------------------------------------- config inference
@@ -252,7 +242,7 @@ def infer_vae_config(state_dict: Mapping, family: Family = "sd1", prefix: str | 
 
 def _infer_clip(sd: Mapping, family: Family, component: str) -> dict:
     cfg = family_config(family, component)
-    pre = TEXT_ENCODER_PREFIXES[family][component] + "transformer.text_model."
+    pre = get_family(family).text_encoder(component).ldm_weights_prefix + "text_model."
     token = sd[f"{pre}embeddings.token_embedding.weight"]
     cfg["vocab_size"], cfg["hidden_size"] = int(token.shape[0]), int(token.shape[1])
     cfg["max_position_embeddings"] = int(sd[f"{pre}embeddings.position_embedding.weight"].shape[0])
@@ -264,7 +254,8 @@ def _infer_clip(sd: Mapping, family: Family, component: str) -> dict:
 
 def _infer_open_clip(sd: Mapping, family: Family, component: str) -> dict:
     cfg = family_config(family, component)
-    pre = TEXT_ENCODER_PREFIXES[family][component] + "model."
+    spec = get_family(family).text_encoder(component)
+    pre = spec.ldm_weights_prefix
     token = sd[f"{pre}token_embedding.weight"]
     cfg["vocab_size"], cfg["hidden_size"] = int(token.shape[0]), int(token.shape[1])
     cfg["max_position_embeddings"] = int(sd[f"{pre}positional_embedding"].shape[0])
@@ -273,7 +264,7 @@ def _infer_open_clip(sd: Mapping, family: Family, component: str) -> dict:
     cfg["num_hidden_layers"] = blocks - 1 if family == "sd2" else blocks
     cfg["intermediate_size"] = int(sd[f"{pre}transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
     cfg["num_attention_heads"] = max(1, cfg["hidden_size"] // 64)
-    if f"{pre}text_projection" in sd and family == "sdxl":
+    if f"{pre}text_projection" in sd and spec.with_projection:
         cfg["projection_dim"] = int(sd[f"{pre}text_projection"].shape[1])
     return cfg
 
@@ -286,22 +277,17 @@ def infer_configs(state_dict: Mapping, arch: ArchInfo) -> dict[str, dict]:
     family = arch.family
     out: dict[str, dict] = {}
     try:
-        if family == "sd1" and not arch.missing_text_encoders:
-            out["text_encoder"] = _infer_clip(state_dict, family, "text_encoder")
-        elif family == "sd2" and not arch.missing_text_encoders:
-            out["text_encoder"] = _infer_open_clip(state_dict, family, "text_encoder")
-        elif family == "sdxl":
-            if _has_prefix(state_dict, _SDXL_TE1):
-                out["text_encoder"] = _infer_clip(state_dict, family, "text_encoder")
-            if _has_prefix(state_dict, _SDXL_TE2):
-                out["text_encoder_2"] = _infer_open_clip(state_dict, family, "text_encoder_2")
+        for te in get_family(family).text_encoders:
+            if _has_prefix(state_dict, te.ldm_weights_prefix):
+                infer = _infer_clip if te.kind == "clip" else _infer_open_clip
+                out[te.component] = infer(state_dict, family, te.component)
         te2 = out.get("text_encoder_2", {}).get("projection_dim")
         if arch.has_unet:
             out["unet"] = _infer_unet(state_dict, family, te2)
         if arch.has_vae:
             out["vae"] = _infer_vae(state_dict, family, VAE_PREFIX)
     except KeyError as exc:
-        raise CheckpointError(f"the {FAMILY_NAMES[family]} checkpoint lacks the weight {exc.args[0]!r}; "
+        raise CheckpointError(f"the {get_family(family).display_name} checkpoint lacks the weight {exc.args[0]!r}; "
                               "the file is incomplete or damaged") from None
     scheduler = family_config(family, "scheduler")
     scheduler["prediction_type"] = arch.prediction_type

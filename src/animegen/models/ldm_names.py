@@ -1,9 +1,12 @@
 """Names of the same weights in diffusers and in the original LDM / A1111 / Civitai single-file layout.
 
-Single-file checkpoints, kohya SDXL LoRAs and A1111 extensions all speak LDM names
-(`input_blocks.4.1.proj_in`); diffusers speaks its own (`down_blocks.1.attentions.0.proj_in`). The maps
-here are computed from a diffusers config, so they hold for any number of levels, layers per block or
-attention placement, not only for the three released families.
+The one name-mapping module: single-file checkpoints (`single_file.py`), kohya SDXL LoRA keys
+(`lora/names.py`) and A1111 extensions all speak LDM names (`input_blocks.4.1.proj_in`); diffusers speaks
+its own (`down_blocks.1.attentions.0.proj_in`). The maps here are computed from a diffusers config (a walk
+of the empty model it builds), so they hold for any number of levels, layers per block or attention
+placement, not only for the three released families; `unet_path_to_ldm` / `unet_path_from_ldm` translate
+one module path either way. Callers without a model use the family's shipped config (`ModelFamily.config`).
+The rule for the CLIP `text_model.` level, which transformers versions disagree on, is here too.
 
 Module maps go from a diffusers *module path* to an LDM module path. UNet and VAE paths have no prefix
 (add `UNET_PREFIX` / `VAE_PREFIX` for a whole checkpoint); text-encoder paths start at the embedder
@@ -26,13 +29,13 @@ from typing import Any
 
 import torch
 
+from animegen.models.family import FAMILIES, get_family
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
+# family -> component -> embedder prefix (the family descriptions own them; this is a view for lookups)
 TEXT_ENCODER_PREFIXES: dict[str, dict[str, str]] = {
-    "sd1": {"text_encoder": "cond_stage_model."},
-    "sd2": {"text_encoder": "cond_stage_model."},
-    "sdxl": {"text_encoder": "conditioner.embedders.0.", "text_encoder_2": "conditioner.embedders.1."},
-}
+    f.name: {te.component: te.ldm_prefix for te in f.text_encoders} for f in FAMILIES.values()}
 # OpenCLIP's logit scale after training (exp() is clamped to 100); SDXL files carry it, no one reads it.
 OPEN_CLIP_LOGIT_SCALE = 4.605170249938965
 
@@ -169,14 +172,44 @@ def _unet_map_cached(config_json: str) -> dict[str, str]:
     return _map_model_modules(UNet2DConditionModel, cfg, _unet_prefixes(cfg), {"resnet": _UNET_RESNET})
 
 
+def _config_key(config: Any) -> str:
+    return json.dumps(_cfg(config), sort_keys=True, default=str)
+
+
 def unet_module_map(unet_config: Any) -> dict[str, str]:
     """Every diffusers UNet module that holds weights (and every block) -> its LDM module path.
 
     e.g. `down_blocks.1.attentions.0.proj_in -> input_blocks.4.1.proj_in`,
     `mid_block.resnets.0.conv1 -> middle_block.0.in_layers.2`, `add_embedding.linear_1 -> label_emb.0.0`.
     """
-    cfg = _cfg(unet_config)
-    return dict(_unet_map_cached(json.dumps(cfg, sort_keys=True, default=str)))
+    return dict(_unet_map_cached(_config_key(unet_config)))
+
+
+@lru_cache(maxsize=16)
+def _unet_inverse_cached(config_json: str) -> dict[str, str]:
+    inverse: dict[str, str] = {}
+    for diffusers_name, ldm in _unet_map_cached(config_json).items():
+        if inverse.setdefault(ldm, diffusers_name) != diffusers_name:
+            raise ValueError(f"two diffusers modules ({inverse[ldm]}, {diffusers_name}) map to LDM {ldm!r}")
+    return inverse
+
+
+def unet_path_to_ldm(path: str, unet_config: Any) -> str:
+    """One diffusers UNet module path -> its LDM path, for the UNet that `unet_config` builds (ValueError if
+    that UNet has no such module)."""
+    try:
+        return _unet_map_cached(_config_key(unet_config))[path]
+    except KeyError:
+        raise ValueError(f"the UNet of this config has no module {path!r} (no LDM name for it)") from None
+
+
+def unet_path_from_ldm(path: str, unet_config: Any) -> str:
+    """One LDM UNet module path (`input_blocks.4.1.proj_in`) -> the diffusers path, for the UNet that
+    `unet_config` builds (ValueError if that UNet has no such module)."""
+    try:
+        return _unet_inverse_cached(_config_key(unet_config))[path]
+    except KeyError:
+        raise ValueError(f"the UNet of this config has no LDM module {path!r}") from None
 
 
 # ------------------------------------------------------------------------------------------------ VAE
@@ -224,8 +257,7 @@ def vae_module_map(vae_config: Any) -> dict[str, str]:
     e.g. `decoder.up_blocks.0.resnets.2.conv2 -> decoder.up.3.block.2.conv2`,
     `encoder.mid_block.attentions.0.to_q -> encoder.mid.attn_1.q` (LDM: 1x1 conv, diffusers: Linear).
     """
-    cfg = _cfg(vae_config)
-    return dict(_vae_map_cached(json.dumps(cfg, sort_keys=True, default=str)))
+    return dict(_vae_map_cached(_config_key(vae_config)))
 
 
 # ------------------------------------------------------------------------------------- text encoders
@@ -269,13 +301,52 @@ def open_clip_module_map(text_config: Any) -> dict[str, str]:
 
 def text_encoder_module_map(family: str, component: str, text_config: Any) -> dict[str, str]:
     """Full LDM paths (with the component prefix) for `text_encoder` / `text_encoder_2` of a family."""
-    try:
-        prefix = TEXT_ENCODER_PREFIXES[family][component]
-    except KeyError:
-        raise ValueError(f"no {component!r} in family {family!r}; known: {TEXT_ENCODER_PREFIXES}") from None
-    open_clip = family == "sd2" or component == "text_encoder_2"
-    base = open_clip_module_map(text_config) if open_clip else clip_module_map(text_config)
-    return {k: prefix + v for k, v in base.items()}
+    spec = get_family(family).text_encoder(component)
+    base = open_clip_module_map(text_config) if spec.kind == "open_clip" else clip_module_map(text_config)
+    return {k: spec.ldm_prefix + v for k, v in base.items()}
+
+
+# ------------------------------------------------------------------ the CLIP `text_model.` level
+# transformers 5 dropped the `text_model` module from `CLIPTextModel` (not from the projection variant), so
+# the same weight is `text_model.encoder.layers.0…` or `encoder.layers.0…` depending on the class and the
+# installed version. The canonical name (HF checkpoints, kohya and LoRA targets) has the level; code that
+# talks to a model converts with `text_path_for`.
+
+TEXT_MODEL_LEVEL = "text_model."
+_CLIP_ROOTS = ("encoder.", "embeddings.", "final_layer_norm")
+
+
+def canonical_text_path(path: str) -> str:
+    """A CLIP module/parameter path with the `text_model.` level (`encoder.layers.0…` -> `text_model.encoder…`)."""
+    return TEXT_MODEL_LEVEL + path if path.startswith(_CLIP_ROOTS) else path
+
+
+def text_path_for(path: str, has_level: bool) -> str:
+    """`path` as a CLIP model with (`has_level`) or without the `text_model` module names it."""
+    canonical = canonical_text_path(path)
+    return canonical if has_level else canonical.removeprefix(TEXT_MODEL_LEVEL)
+
+
+def has_text_model_level(text_encoder: torch.nn.Module) -> bool:
+    """Whether this CLIP model nests its layers under a `text_model` module."""
+    return isinstance(getattr(text_encoder, "text_model", None), torch.nn.Module)
+
+
+def clip_text_model(text_encoder: torch.nn.Module) -> torch.nn.Module:
+    """The module holding `embeddings`, `encoder` and `final_layer_norm` (the model itself on transformers 5)."""
+    return text_encoder.text_model if has_text_model_level(text_encoder) else text_encoder
+
+
+@lru_cache(maxsize=2)
+def clip_class_has_text_model_level(with_projection: bool) -> bool:
+    """`has_text_model_level` of the installed transformers' CLIP class, when no model is at hand
+    (writing diffusers-layout LoRA keys that peft must find)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    config = CLIPTextConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                            num_attention_heads=1, max_position_embeddings=4, projection_dim=8)
+    return has_text_model_level(cls(config))
 
 
 # ----------------------------------------------------------------------- state dicts: diffusers -> LDM
@@ -316,15 +387,7 @@ def vae_state_dict_to_ldm(state_dict: Mapping[str, torch.Tensor], vae_config: An
 
 
 def _canonical_text_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Put back the `text_model.` level that some transformers versions drop from CLIPTextModel."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.endswith("position_ids"):
-            continue
-        if not key.startswith(("text_model.", "text_projection.")):
-            key = "text_model." + key
-        out[key] = value
-    return out
+    return {canonical_text_path(k): v for k, v in state_dict.items() if not k.endswith("position_ids")}
 
 
 def clip_state_dict_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,28 +15,36 @@ from pathlib import Path
 
 import torch
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+from animegen.core.errors import AnimegenError
+from animegen.core.files import PICKLE_SUFFIXES, PickleRefusedError, sha256_file
+
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(AnimegenError):
     """A model could not be loaded; the message says what was tried and how to fix it."""
-
-
-class PickleRefusedError(ModelLoadError):
-    """A pickled checkpoint was given without explicit permission to unpickle it."""
-
-
-def refuse_pickle(path: Path) -> None:
-    raise PickleRefusedError(
-        f"{path} is a pickled checkpoint ({path.suffix}); unpickling can run arbitrary code, so it is refused. "
-        "Convert it to .safetensors, or pass --allow-pickle (allow_pickle=True) to read its tensors only "
-        "(torch.load with weights_only=True)."
-    )
 
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> str:
+    """`device` if this torch can use it; else a ModelLoadError naming the fix (before any model is loaded)."""
+    kind = str(device).split(":", 1)[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = ("this torch build has no CUDA support" if torch.version.cuda is None
+               else "no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver)")
+        raise ModelLoadError(f"device {device!r} is not available: {why} (torch {torch.__version__}); "
+                             "use --device cpu, or install a CUDA build of torch")
+    if kind == "cuda" and ":" in str(device):
+        index = int(str(device).split(":", 1)[1] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA GPU(s) "
+                                 "visible; use --device cuda:0 or another index")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"device {device!r} is not available on this machine; use --device cpu")
+    return device
 
 
 def default_dtype(device: str) -> torch.dtype:
@@ -46,16 +54,27 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+#: The one dtype vocabulary (generate, serve, train, export): short names; torch's long names are aliases.
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def dtype_by_name(name: str) -> torch.dtype:
+    """`fp32` / `fp16` / `bf16` (or `float32` / `float16` / `bfloat16`) -> the torch dtype."""
+    short = _DTYPE_ALIASES.get(name, name)
+    if short not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}; choose one of auto, fp32, fp16, bf16 "
+                             "(or float32, float16, bfloat16)")
+    return DTYPES[short]
+
+
 def parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """A torch dtype, a name (`dtype_by_name`), or None / `auto` (`default_dtype` for `device`)."""
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype not in names:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(names)}")
-    return names[dtype]
+    return dtype_by_name(dtype)
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,9 @@ def classify_model_ref(model: str | os.PathLike) -> ModelSource:
     if path.is_file():
         return ModelSource("single_file", str(path))
     text = str(model)
-    looks_like_path = text.startswith((".", "/", "~")) or text.endswith((".safetensors", *PICKLE_SUFFIXES))
+    # `models/x` when a local `models/` folder exists is a mistyped path, not the hub id "models/x"
+    looks_like_path = (text.startswith((".", "/", "~")) or text.endswith((".safetensors", *PICKLE_SUFFIXES))
+                       or path.is_absolute() or Path(text.split("/", 1)[0]).is_dir())
     if looks_like_path or text.count("/") != 1:
         raise ModelLoadError(
             f"model {text!r} not found: no such file or folder ({path.resolve()}), and it is not a hub id of "
@@ -92,16 +113,32 @@ def _pipeline_class(name: str):
     return getattr(diffusers, name)
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, local_files_only: bool = True):
+def _pickled_only_weights(folder: Path) -> list[Path]:
+    """Pickled weight files in a diffusers folder's components that have no .safetensors beside them."""
+    found = []
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f for f in component.iterdir() if f.is_file()]
+        if not any(f.suffix == ".safetensors" for f in files):
+            found += [f for f in files if f.suffix in PICKLE_SUFFIXES]
+    return found
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, local_files_only: bool = True, allow_pickle: bool = False):
+    """A diffusers folder; without `allow_pickle` only .safetensors weights are read (diffusers and
+    transformers read pickled .bin weights with `weights_only=True` when it is given)."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelLoadError(
             f"{folder} is a folder but not a diffusers model (no model_index.json). Point --model at the folder "
             "that holds model_index.json, or at a single .safetensors checkpoint."
         )
+    pickled = _pickled_only_weights(folder)
+    if pickled and not allow_pickle:
+        raise PickleRefusedError(pickled[0])
     cls = _pipeline_class(json.loads(index.read_text())["_class_name"])
     extra = {"safety_checker": None, "requires_safety_checker": False} if "XL" not in cls.__name__ else {}
-    return cls.from_pretrained(folder, dtype=dtype, local_files_only=local_files_only, **extra)
+    return cls.from_pretrained(folder, dtype=dtype, local_files_only=local_files_only,
+                               use_safetensors=None if allow_pickle else True, **extra)
 
 
 def _load_hub(repo_id: str, dtype: torch.dtype):
@@ -135,7 +172,7 @@ def _hf_cache_dir() -> str:
 def load_vae(vae: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool = False, family: str = "sd1"):
     """A VAE override: a diffusers VAE folder (or a model folder with `vae/`), or a single VAE file.
 
-    `family` picks a single file's latent scaling factor (SD1/2: 0.18215, SDXL: 0.13025), which the
+    `family` picks a single file's latent scaling factor (`ModelFamily.vae_scaling_factor`), which the
     weights themselves cannot reveal.
     """
     from diffusers import AutoencoderKL
@@ -148,7 +185,7 @@ def load_vae(vae: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool = Fa
         return AutoencoderKL.from_pretrained(path, subfolder=sub, dtype=dtype, local_files_only=True)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
-            refuse_pickle(path)
+            raise PickleRefusedError(path)
         from animegen.models.single_file import load_vae_file
 
         return load_vae_file(path, allow_pickle=allow_pickle, dtype=dtype, family=family)
@@ -162,15 +199,15 @@ def load_pipeline(model: str | os.PathLike, *, vae: str | os.PathLike | None = N
     fp16 SDXL VAEs overflow to black images; diffusers' SDXL pipeline upcasts the VAE for decoding
     when `vae.config.force_upcast` is set, which the shipped SDXL config does.
     """
-    device = device or default_device()
+    device = check_device(device or default_device())
     torch_dtype = parse_dtype(dtype, device)
     source = classify_model_ref(model)
     if source.kind == "folder":
-        pipe = _load_folder(Path(source.location), torch_dtype)
+        pipe = _load_folder(Path(source.location), torch_dtype, allow_pickle=allow_pickle)
     elif source.kind == "single_file":
         path = Path(source.location)
         if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
-            refuse_pickle(path)
+            raise PickleRefusedError(path)
         if path.suffix not in (".safetensors", *PICKLE_SUFFIXES):
             raise ModelLoadError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors")
         from animegen.models.single_file import load_single_file
@@ -178,15 +215,16 @@ def load_pipeline(model: str | os.PathLike, *, vae: str | os.PathLike | None = N
         if vae is not None and not Path(vae).expanduser().exists():
             raise ModelLoadError(f"VAE {str(vae)!r} not found: give a VAE folder or a .safetensors VAE file")
         if vae is not None and Path(vae).suffix in PICKLE_SUFFIXES and not allow_pickle:
-            refuse_pickle(Path(vae))
+            raise PickleRefusedError(Path(vae))
         # the VAE goes in at load time (with the checkpoint's family) so a VAE-less checkpoint still loads
         pipe = load_single_file(path, allow_pickle=allow_pickle, dtype=torch_dtype, vae=vae)
         vae = None
     else:
         pipe = _load_hub(source.location, torch_dtype)
     if vae is not None:
-        family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"
-        pipe.register_modules(vae=load_vae(vae, torch_dtype, allow_pickle, family=family))
+        from animegen.models.family import family_of
+
+        pipe.register_modules(vae=load_vae(vae, torch_dtype, allow_pickle, family=family_of(pipe).name))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -198,37 +236,6 @@ def model_name(model: str | os.PathLike) -> str:
     return path.stem if path.suffix in (".safetensors", *PICKLE_SUFFIXES) else path.name
 
 
-def _cache_file() -> Path:
-    root = Path(os.environ.get("ANIMEGEN_CACHE", Path.home() / ".cache" / "animegen"))
-    return root / "hashes.json"
-
-
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime) so multi-GB checkpoints are hashed once."""
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache_path = _cache_file()
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    cache[key] = digest.hexdigest()
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_path)
-    except OSError:
-        pass  # a read-only home only costs re-hashing next time
-    return cache[key]
-
-
 def model_hash(model: str | os.PathLike) -> str | None:
     """A1111's `Model hash`: first 10 hex digits of the checkpoint's sha256.
 
@@ -237,10 +244,10 @@ def model_hash(model: str | os.PathLike) -> str | None:
     """
     path = Path(model)
     if path.is_file():
-        return sha256_of(path)[:10]
+        return sha256_file(path)[:10]
     if path.is_dir():
         weights = sorted((path / "unet").glob("*.safetensors")) or sorted((path / "unet").glob("*.bin"))
         if weights:
-            digest = hashlib.sha256("".join(sha256_of(w) for w in weights).encode()).hexdigest()
+            digest = hashlib.sha256("".join(sha256_file(w) for w in weights).encode()).hexdigest()
             return digest[:10]
     return None

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from animegen.core.files import PICKLE_SUFFIXES, WeightsFileError, atomic_path, read_weights
 from animegen.models.detect import (
     ArchInfo,
     CheckpointError,
@@ -27,12 +26,14 @@ from animegen.models.detect import (
     infer_configs,
     infer_vae_config,
 )
+from animegen.models.family import ModelFamily, family_of, get_family
 from animegen.models.ldm_names import (
-    TEXT_ENCODER_PREFIXES,
     UNET_PREFIX,
     VAE_PREFIX,
     clip_state_dict_to_ldm,
+    has_text_model_level,
     open_clip_state_dict_to_ldm,
+    text_path_for,
     unet_state_dict_to_ldm,
     vae_state_dict_to_ldm,
 )
@@ -40,7 +41,6 @@ from animegen.models.ldm_names import (
 log = logging.getLogger(__name__)
 
 SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _MAX_LISTED = 8
 
 
@@ -48,37 +48,18 @@ _MAX_LISTED = 8
 
 
 def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and safetensors metadata of a checkpoint file; pickles only when explicitly allowed."""
+    """Tensors and safetensors metadata of a checkpoint file, under the pickle policy of `core.files`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    if suffix in SAFE_SUFFIXES:
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                metadata = dict(f.metadata() or {})
-                return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118 (not a dict)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a readable .safetensors file ({exc}); "
-                                  "the download may be truncated") from None
-    if suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise CheckpointError(
-                f"{path}: {suffix} files are Python pickles and can run code when opened; "
-                "convert it to .safetensors, or pass --allow-pickle if you trust its source")
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({exc})") from None
-        if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-            obj = obj["state_dict"]
-        if not isinstance(obj, Mapping):
-            raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}
-    raise CheckpointError(f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors "
-                          f"(or {', '.join(PICKLE_SUFFIXES)} with --allow-pickle)")
+    if suffix not in (*SAFE_SUFFIXES, *PICKLE_SUFFIXES):
+        raise CheckpointError(f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors "
+                              f"(or {', '.join(PICKLE_SUFFIXES)} with --allow-pickle)")
+    try:
+        return read_weights(path, allow_pickle=allow_pickle)
+    except WeightsFileError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _names(keys) -> str:
@@ -134,11 +115,8 @@ def _build_vae(ldm_vae: dict[str, torch.Tensor], config: dict, dtype):
 
 def _fit_text_keys(weights: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Match the `text_model.` level to the model (some transformers versions drop it from CLIPTextModel)."""
-    weights = {k: v for k, v in weights.items() if not k.endswith("position_ids")}
-    own = model.state_dict().keys()
-    if any(k.startswith("text_model.") for k in own):
-        return weights
-    return {k.removeprefix("text_model."): v for k, v in weights.items()}
+    level = has_text_model_level(model)
+    return {text_path_for(k, level): v for k, v in weights.items() if not k.endswith("position_ids")}
 
 
 def _build_clip(sd, family: Family, component: str, config: dict, dtype):
@@ -146,11 +124,12 @@ def _build_clip(sd, family: Family, component: str, config: dict, dtype):
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    prefix = TEXT_ENCODER_PREFIXES[family][component] + "transformer."
+    spec = get_family(family).text_encoder(component)
+    prefix = spec.ldm_weights_prefix
     weights = convert_ldm_clip_checkpoint(_subset(sd, prefix), remove_prefix=prefix)
     with init_empty_weights():
         model = CLIPTextModel(CLIPTextConfig(**config))
-    return _load_into(model, _cast(_fit_text_keys(weights, model), dtype), f"{component} (CLIP-L)")
+    return _load_into(model, _cast(_fit_text_keys(weights, model), dtype), f"{component} ({spec.description})")
 
 
 def _build_open_clip(sd, family: Family, component: str, config: dict, dtype):
@@ -158,9 +137,10 @@ def _build_open_clip(sd, family: Family, component: str, config: dict, dtype):
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    prefix = TEXT_ENCODER_PREFIXES[family][component] + "model."
+    spec = get_family(family).text_encoder(component)
+    prefix = spec.ldm_weights_prefix
     part = _subset(sd, prefix)
-    cls = CLIPTextModelWithProjection if family == "sdxl" else CLIPTextModel
+    cls = CLIPTextModelWithProjection if spec.with_projection else CLIPTextModel
     if family == "sd2":
         # SD2 reads the penultimate layer: the last block and the projection are never used.
         last = config["num_hidden_layers"]
@@ -170,7 +150,7 @@ def _build_open_clip(sd, family: Family, component: str, config: dict, dtype):
     with init_empty_weights():
         model = cls(CLIPTextConfig(**config))
     weights = convert_open_clip_checkpoint(model, part, prefix=prefix)
-    return _load_into(model, _cast(_fit_text_keys(weights, model), dtype), f"{component} (OpenCLIP)")
+    return _load_into(model, _cast(_fit_text_keys(weights, model), dtype), f"{component} ({spec.description})")
 
 
 def _make_scheduler(config: dict):
@@ -218,19 +198,18 @@ def load_single_file(path: str | Path, *, allow_pickle: bool = False, dtype: tor
     if vae_model is None:
         vae_model = _build_vae(_subset(sd, VAE_PREFIX, strip=True), configs["vae"], dtype)
     scheduler = _make_scheduler(configs["scheduler"])
-    if arch.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=vae_model, unet=unet, scheduler=scheduler,
-            text_encoder=_build_clip(sd, "sdxl", "text_encoder", configs["text_encoder"], dtype),
-            text_encoder_2=_build_open_clip(sd, "sdxl", "text_encoder_2", configs["text_encoder_2"], dtype),
-            tokenizer=load_tokenizer(), tokenizer_2=load_tokenizer(pad_token="!"), add_watermarker=False)
+    family = get_family(arch.family)
+    text: dict[str, Any] = {}
+    for te in family.text_encoders:
+        build = _build_clip if te.kind == "clip" else _build_open_clip
+        text[te.component] = build(sd, family.name, te.component, configs[te.component], dtype)
+        text[te.tokenizer] = load_tokenizer(pad_token=te.pad_token)
+    if family.is_sdxl:
+        pipe = StableDiffusionXLPipeline(vae=vae_model, unet=unet, scheduler=scheduler, **text,
+                                         add_watermarker=False)
     else:
-        build = _build_clip if arch.family == "sd1" else _build_open_clip
-        pipe = StableDiffusionPipeline(
-            vae=vae_model, unet=unet, scheduler=scheduler,
-            text_encoder=build(sd, arch.family, "text_encoder", configs["text_encoder"], dtype),
-            tokenizer=load_tokenizer(), safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False)
+        pipe = StableDiffusionPipeline(vae=vae_model, unet=unet, scheduler=scheduler, **text,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.arch_info = arch  # type: ignore[attr-defined]  # what was detected, for infotext / UI
     return pipe
 
@@ -240,7 +219,7 @@ def load_vae_file(path: str | Path, *, allow_pickle: bool = False, dtype: torch.
     """An AutoencoderKL from a single-file VAE (`encoder.*`/`decoder.*`, optionally `first_stage_model.`).
 
     The architecture is read off the shapes; `family` only picks the latent scaling factor
-    (SD1/SD2: 0.18215, SDXL: 0.13025), which the weights cannot reveal.
+    (`ModelFamily.vae_scaling_factor`, via its shipped VAE config), which the weights cannot reveal.
     """
     sd, _ = read_state_dict(path, allow_pickle=allow_pickle)
     prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in sd) else ""
@@ -258,17 +237,10 @@ def load_vae_file(path: str | Path, *, allow_pickle: bool = False, dtype: torch.
 # ---------------------------------------------------------------------------------------- writing
 
 
-def pipeline_family(pipe) -> Family:
-    """sd1 / sd2 / sdxl of a loaded diffusers pipeline."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        return "sdxl"
-    return "sd2" if pipe.text_encoder.config.hidden_act == "gelu" else "sd1"
-
-
 def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:
     """The whole pipeline's weights under A1111/LDM names (SD1.x and SDXL)."""
-    family = pipeline_family(pipe)
-    if family == "sd2":
+    family = family_of(pipe)
+    if family.name == "sd2":
         raise CheckpointError("saving SD2.x pipelines as single files is not supported; "
                               "save it as a diffusers folder instead")
 
@@ -280,13 +252,11 @@ def pipeline_to_ldm(pipe) -> dict[str, torch.Tensor]:
         out[UNET_PREFIX + key] = value
     for key, value in vae_state_dict_to_ldm(cpu(pipe.vae), pipe.vae.config).items():
         out[VAE_PREFIX + key] = value
-    prefixes = TEXT_ENCODER_PREFIXES[family]
-    for key, value in clip_state_dict_to_ldm(cpu(pipe.text_encoder)).items():
-        out[prefixes["text_encoder"] + key] = value
-    if family == "sdxl":
-        te2 = pipe.text_encoder_2
-        for key, value in open_clip_state_dict_to_ldm(cpu(te2), te2.config).items():
-            out[prefixes["text_encoder_2"] + key] = value
+    for te in family.text_encoders:
+        encoder = getattr(pipe, te.component)
+        ldm = (clip_state_dict_to_ldm(cpu(encoder)) if te.kind == "clip"
+               else open_clip_state_dict_to_ldm(cpu(encoder), encoder.config))
+        out.update({te.ldm_prefix + key: value for key, value in ldm.items()})
     scheduler = dict(pipe.scheduler.config)
     if scheduler.get("prediction_type") == "v_prediction":
         out["v_pred"] = torch.tensor([])
@@ -307,7 +277,7 @@ def save_single_file(pipe, path: str | Path, *, dtype: torch.dtype | None = None
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise CheckpointError(f"{path}: single files are written as .safetensors; change the file name")
-    family = pipeline_family(pipe)
+    family: ModelFamily = family_of(pipe)
     state = pipeline_to_ldm(pipe)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() and v.numel() else v for k, v in state.items()}
@@ -316,19 +286,13 @@ def save_single_file(pipe, path: str | Path, *, dtype: torch.dtype | None = None
     header = {
         "format": "pt",
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": {"sd1": "stable-diffusion-v1", "sdxl": "stable-diffusion-xl-v1-base"}[family],
+        "modelspec.architecture": family.modelspec_architecture,
         "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
     }
     for key, value in (metadata or {}).items():
         header[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -338,7 +302,6 @@ __all__ = [
     "family_config",
     "load_single_file",
     "load_vae_file",
-    "pipeline_family",
     "pipeline_to_ldm",
     "read_state_dict",
     "save_single_file",

@@ -19,11 +19,14 @@ from typing import Literal
 
 import torch
 
+from animegen.core.errors import AnimegenError
+from animegen.core.files import atomic_dir
 from animegen.models.assets import load_tokenizer
 from animegen.models.detect import norm_num_groups
+from animegen.models.family import SD1, SDXL, ModelFamily, get_family
 from animegen.models.tiny_vae import make_linear_codec
 
-Arch = Literal["sd15", "sdxl"]
+Arch = Literal["sd15", "sd1", "sdxl"]  # family names or aliases (`get_family`)
 
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
@@ -36,9 +39,9 @@ SCHEDULER_CONFIG = {
 }
 
 
-def _vae(scaling_factor: float, force_upcast: bool):
+def _vae(family: ModelFamily):
     """The real VAE layout, set to an exact linear codec (see tiny_vae): random VAE weights would map
-    every image to nearly the same latent."""
+    every image to nearly the same latent. Scaling and upcasting are the family's."""
     from diffusers import AutoencoderKL
 
     channels = (32, 32, 64, 64)
@@ -52,8 +55,8 @@ def _vae(scaling_factor: float, force_upcast: bool):
         latent_channels=4,
         norm_num_groups=norm_num_groups(channels),
         sample_size=64,
-        scaling_factor=scaling_factor,
-        force_upcast=force_upcast,
+        scaling_factor=family.vae_scaling_factor,
+        force_upcast=family.vae_force_upcast,
     )
     make_linear_codec(vae)
     return vae
@@ -91,14 +94,26 @@ def _like_trained_norms(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _tiny_family(arch: Arch) -> ModelFamily:
+    family = get_family(arch)
+    if family not in (SD1, SDXL):
+        raise AnimegenError(f"there is no tiny {family.display_name} model; choose sd15 or sdxl")
+    return family
+
+
+def _tokenizers(family: ModelFamily) -> dict:
+    return {te.tokenizer: load_tokenizer(pad_token=te.pad_token) for te in family.text_encoders}
+
+
 def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
     """Return the diffusers pipeline components of a tiny random-weight model of `arch`."""
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    family = _tiny_family(arch)
     torch.manual_seed(seed)
     scheduler = EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
-    if arch == "sd15":
+    if family is SD1:
         channels = (32, 32, 64, 64)
         unet = UNet2DConditionModel(
             sample_size=8,
@@ -114,15 +129,15 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
         )
         return {
             "unet": unet,
-            "vae": _vae(0.18215, force_upcast=False),
+            "vae": _vae(family),
             "text_encoder": _like_trained_norms(CLIPTextModel(_clip_config("quick_gelu"))),
-            "tokenizer": load_tokenizer(),
+            **_tokenizers(family),
             "scheduler": scheduler,
             "safety_checker": None,
             "feature_extractor": None,
             "image_encoder": None,
         }
-    if arch == "sdxl":
+    if family is SDXL:
         channels = (64, 64, 128)
         unet = UNet2DConditionModel(
             sample_size=16,
@@ -143,16 +158,14 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
         )
         return {
             "unet": unet,
-            "vae": _vae(0.13025, force_upcast=True),
+            "vae": _vae(family),
             "text_encoder": _like_trained_norms(CLIPTextModel(_clip_config("quick_gelu"))),
             "text_encoder_2": _like_trained_norms(CLIPTextModelWithProjection(_clip_config("gelu", projection_dim=64))),
-            "tokenizer": load_tokenizer(),
-            "tokenizer_2": load_tokenizer(pad_token="!"),
+            **_tokenizers(family),
             "scheduler": scheduler,
             "image_encoder": None,
             "feature_extractor": None,
         }
-    raise ValueError(f"unknown arch {arch!r}: choose 'sd15' or 'sdxl'")
 
 
 def build_tiny_pipeline(arch: Arch = "sd15", seed: int = 0):
@@ -160,9 +173,9 @@ def build_tiny_pipeline(arch: Arch = "sd15", seed: int = 0):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     components = build_tiny_components(arch, seed)
-    if arch == "sd15":
-        return StableDiffusionPipeline(**components, requires_safety_checker=False)
-    return StableDiffusionXLPipeline(**components)
+    if _tiny_family(arch).is_sdxl:
+        return StableDiffusionXLPipeline(**components)
+    return StableDiffusionPipeline(**components, requires_safety_checker=False)
 
 
 def save_tiny_model(arch: Arch, out: Path | str | None = None, single_file: Path | str | None = None,
@@ -174,7 +187,11 @@ def save_tiny_model(arch: Arch, out: Path | str | None = None, single_file: Path
     written: dict[str, Path] = {}
     if out is not None:
         out = Path(out)
-        pipe.save_pretrained(out, safe_serialization=True)
+        if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").is_file():
+            raise AnimegenError(f"{out} exists and is not a diffusers model folder; give a new or empty folder "
+                                "(an existing model folder is replaced)")
+        with atomic_dir(out) as tmp:  # complete or absent, files with the umask's mode
+            pipe.save_pretrained(tmp, safe_serialization=True)
         written["folder"] = out
     if single_file is not None:
         from animegen.models.single_file import save_single_file

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from animegen.models.family import SD1, SDXL, family_of, get_family
 from animegen.prompts.parser import BREAK_MARKER, parse_prompt_attention
 
 CHUNK_LENGTH = 75
@@ -175,7 +176,9 @@ def apply_emphasis(z: torch.Tensor, weights: torch.Tensor, emphasis: str = "Orig
 
 def final_layer_norm(text_encoder) -> torch.nn.Module:
     """The encoder's final LayerNorm (transformers < 5 nests it under `.text_model`, 5.x does not)."""
-    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    from animegen.models.ldm_names import clip_text_model
+
+    return clip_text_model(text_encoder).final_layer_norm
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:
@@ -221,9 +224,7 @@ def encode_text(tokenizers, text_encoders, prompts: str | Sequence[str], clip_sk
     if len(tokenizers) != len(text_encoders) or not tokenizers:
         raise ValueError(f"give one tokenizer per text encoder (got {len(tokenizers)} tokenizers, "
                          f"{len(text_encoders)} text encoders)")
-    arch = arch or ("sdxl" if len(text_encoders) == 2 else "sd1")
-    if arch not in ("sd1", "sdxl"):
-        raise ValueError(f"unknown arch {arch!r}: choose 'sd1' or 'sdxl'")
+    arch = (get_family(arch) if arch else SDXL if len(text_encoders) == len(SDXL.text_encoders) else SD1).name
     _check_emphasis(emphasis)
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -278,13 +279,13 @@ def _as_batch(prompt: str | Sequence[str], negative: str | Sequence[str]) -> tup
 
 def pipeline_text_modules(pipe) -> tuple[list, list, str]:
     """(tokenizers, text encoders, arch) of a diffusers SD1 / SDXL pipeline (SDXL refiner: encoder 2 only)."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        pairs = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
-        pairs = [(tok, enc) for tok, enc in pairs if tok is not None and enc is not None]
-        return [p[0] for p in pairs], [p[1] for p in pairs], "sdxl"
-    if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
+    family = family_of(pipe) if getattr(pipe, "text_encoder", None) or getattr(pipe, "text_encoder_2", None) else None
+    pairs = [(getattr(pipe, te.tokenizer, None), getattr(pipe, te.component, None))
+             for te in (family.text_encoders if family else ())]
+    pairs = [(tok, enc) for tok, enc in pairs if tok is not None and enc is not None]
+    if not pairs:
         raise ValueError("this pipeline has no text encoder / tokenizer to encode prompts with")
-    return [pipe.tokenizer], [pipe.text_encoder], "sd1"
+    return [p[0] for p in pairs], [p[1] for p in pairs], family.name
 
 
 def encode_prompts(pipe, prompt: str | list[str], negative: str | list[str], clip_skip: int = 1,

@@ -1,22 +1,42 @@
-"""Prompt syntax shared by generation and training: A1111 emphasis and `<lora:...>` tags.
+"""Prompt syntax shared by generation and training: A1111 emphasis and `<name:...>` extra-network tags.
 
-The emphasis grammar follows AUTOMATIC1111's `modules/prompt_parser.py` so that prompts copied from
-A1111 / Civitai infotexts produce the same per-token weights here:
+Both follow AUTOMATIC1111 1.10's own code (not diffusers) so that prompts copied from A1111 / Civitai
+infotexts produce the same per-token weights and the same text here.
+
+Emphasis (`modules/prompt_parser.py`, `parse_prompt_attention`):
 
 * `(text)` multiplies by 1.1, `[text]` divides by 1.1, `(text:1.3)` multiplies by 1.3; nesting multiplies.
-* `\\(` `\\)` `\\[` `\\]` `\\\\` are literal characters; any other backslash is dropped (as in A1111).
+  White space may surround the weight: `(text: 1.3)`, `(text:1.3 )` (A1111 >= 1.6); the text keeps its own.
+* `\\(` `\\)` `\\[` `\\]` `\\\\` are literal characters. Any other backslash escapes nothing: it leaves an
+  empty fragment (so `x(\\:1.2)y` is `x`, `""` at 1.2, `y`: the colon still closes with a weight).
 * Unclosed brackets apply their multiplier to everything after them; stray closers are literal text.
 * `BREAK` (a whole word, upper case) becomes the marker `("BREAK", -1.0)`: the encoder starts a new chunk.
 * Adjacent fragments with exactly equal weights are merged.
 
-Two deliberate differences from A1111, both where A1111 produces garbage: a malformed weight such as
-`(x:1.2.3)` is kept as literal text instead of raising, and `BREAK` inside brackets still breaks
-(A1111 multiplies the marker's -1 and then encodes the word "BREAK" with a negative weight).
+Extra networks (`modules/extra_networks.py`, `extensions-builtin/Lora/extra_networks_lora.py`):
+
+* Every `<name:arg:...>` tag is removed and nothing else (the comma after it stays), whatever the name.
+* `lora` and its alias `lyco` (case-sensitive, as A1111's registry) are LoRAs: `<lora:NAME:te:unet:dyn>`,
+  `te=` / `unet=` / `dyn=` named arguments override; te defaults to 1, unet to te.
+* Any other network (`hypernet`, unknown names) is returned as unsupported so callers can warn.
+
+Where we deliberately differ from A1111, each where A1111 produces garbage or fails quietly:
+
+* a malformed weight such as `(x:1.2.3)` is kept as literal text instead of raising;
+* `BREAK` inside brackets still breaks (A1111 multiplies the marker's -1 and then encodes the word
+  "BREAK" with a negative weight);
+* a LoRA tag A1111 cannot read (no name, a multiplier that is not a number) raises naming the tag, where
+  A1111 logs the error and generates without any LoRA;
+* white space around a LoRA name or argument key is ignored (A1111 looks up `" x "` / `"te "` verbatim and
+  finds nothing).
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
+
+from animegen.core.errors import AnimegenError
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
@@ -26,10 +46,10 @@ BREAK_MARKER = ("BREAK", -1.0)
 _TOKEN = re.compile(
     r"""
     (?P<escape>\\[()\[\]\\])      # escaped bracket or backslash -> literal character
-    | (?P<lone_backslash>\\)      # any other backslash is dropped
+    | (?P<lone_backslash>\\)      # any other backslash escapes nothing: an empty fragment
     | (?P<open_round>\()
     | (?P<open_square>\[)
-    | :(?P<weight>[+-]?[.\d]+)\)  # ':1.3)' closes a round bracket with an explicit weight
+    | :\s*(?P<weight>[+-]?[.\d]+)\s*\)  # ': 1.3 )' closes a round bracket with an explicit weight
     | (?P<close_round>\))
     | (?P<close_square>\])
     | (?P<text>[^\\()\[\]:]+)
@@ -62,7 +82,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         if kind == "escape":
             pieces.append([match.group(0)[1], 1.0, False])
         elif kind == "lone_backslash":
-            continue
+            pieces.append(["", 1.0, False])  # as A1111: it still separates what is around it from merging
         elif kind == "open_round":
             round_open.append(len(pieces))
         elif kind == "open_square":
@@ -76,7 +96,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         else:
             add_text(match.group(0))
 
-    # Unclosed brackets apply to the rest of the prompt, innermost first as A1111 does.
+    # Unclosed brackets apply to the rest of the prompt, in opening order as A1111 does.
     for start in round_open:
         scale_from(start, ROUND_MULTIPLIER)
     for start in square_open:
@@ -103,56 +123,99 @@ def _is_float(value: str) -> bool:
     return True
 
 
-# A1111's extra-network syntax: `<type:arg1:arg2...>`; we consume the `lora` and `lyco` types.
+# A1111's `re_extra_net`: `<type:arg1:arg2...>`. A1111 registers `lyco` as an alias of `lora`.
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
-_LORA_TYPES = {"lora", "lyco"}
+LORA_NETWORKS = ("lora", "lyco")
+
+
+class LoraTag(NamedTuple):
+    """One `<lora:...>` tag: text-encoder and UNet multipliers, and A1111's dynamic rank (`dyn`, or None)."""
+
+    name: str
+    te: float = 1.0
+    unet: float = 1.0
+    dyn: int | None = None
+
+    @property
+    def multiplier(self) -> float | dict[str, float]:
+        """What `apply_loras` takes: one float, or per component when te and unet differ."""
+        return self.te if self.te == self.unet else {"text_encoder": self.te, "unet": self.unet}
+
+
+class ExtraNetworkTag(NamedTuple):
+    """An extra-network tag animegen does not apply (`<hypernet:name:1>`, unknown names), as written."""
+
+    network: str
+    args: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"<{self.network}:{':'.join(self.args)}>"
+
+
+class ExtraNetworks(NamedTuple):
+    """A prompt with every extra-network tag removed, its LoRA tags, and the tags of other networks."""
+
+    text: str
+    loras: list[LoraTag]
+    unsupported: list[ExtraNetworkTag]
+
+
+def parse_extra_networks(prompt: str) -> ExtraNetworks:
+    """Remove every `<name:...>` tag from `prompt` as A1111's `extra_networks.parse_prompt` does.
+
+    Raises `AnimegenError` naming every LoRA tag that cannot be read.
+    """
+    loras: list[LoraTag] = []
+    unsupported: list[ExtraNetworkTag] = []
+    problems: list[str] = []
+
+    def take(match: re.Match) -> str:
+        network, args = match.group(1), match.group(2).split(":")
+        if network not in LORA_NETWORKS:
+            unsupported.append(ExtraNetworkTag(network, tuple(args)))
+        else:
+            try:
+                loras.append(_lora_from_args(args))
+            except ValueError as e:
+                problems.append(f"{match.group(0)} {e}")
+        return ""
+
+    text = _EXTRA_NETWORK.sub(take, prompt)
+    if problems:
+        raise AnimegenError(f"unreadable LoRA tag(s): {'; '.join(problems)}; write them as "
+                            "<lora:NAME:WEIGHT>, <lora:NAME:TE:UNET> or <lora:NAME:te=W:unet=W>")
+    return ExtraNetworks(text, loras, unsupported)
+
+
+def _lora_from_args(args: list[str]) -> LoraTag:
+    """A1111's `ExtraNetworkParams` split (`k=v` is named, anything else positional) and LoRA defaults."""
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for item in args:
+        parts = item.split("=", 2)
+        if len(parts) == 2:
+            named[parts[0].strip()] = parts[1]
+        else:
+            positional.append(item)
+    name = positional[0].strip() if positional else ""
+    if not name:
+        raise ValueError("has no name")
+
+    def number(key: str, index: int, default, kind=float):
+        raw = named.get(key, positional[index] if len(positional) > index else None)
+        if raw is None:
+            return default
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"has {key} {raw!r}, which is not {'an integer' if kind is int else 'a number'}") from None
+
+    te = number("te", 1, 1.0)
+    unet = number("unet", 2, te)
+    return LoraTag(name, te, unet, number("dyn", 3, None, int))
 
 
 def extract_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
-    """Remove `<lora:name[:weight...]>` / `<lyco:...>` tags; return (clean prompt, [(name, weight)]).
-
-    The weight is the first number (A1111's text-encoder multiplier; `<lora:x:te:unet>` gives `te`),
-    or a `te=` named argument, and defaults to 1.0. Other extra networks (e.g. `<hypernet:...>`) are
-    left in the prompt. The separators the tags leave behind are tidied so that `a, <lora:x>, b`
-    becomes `a, b` rather than `a, , b` (which would encode an extra comma token).
-    """
-    found: list[tuple[str, float]] = []
-
-    def take(match: re.Match) -> str:
-        if match.group(1).lower() not in _LORA_TYPES:
-            return match.group(0)
-        found.append(_lora_from_args(match.group(0), match.group(2)))
-        return "\0"  # placeholder so tidying only touches the places where a tag was
-
-    marked = _EXTRA_NETWORK.sub(take, prompt)
-    if not found:
-        return prompt, []
-    return _tidy_removed(marked), found
-
-
-def _lora_from_args(tag: str, args: str) -> tuple[str, float]:
-    parts = [part.strip() for part in args.split(":")]
-    name = parts[0]
-    if not name:
-        raise ValueError(f"LoRA tag {tag!r} has no name: write it as <lora:NAME:WEIGHT>")
-    positional = [p for p in parts[1:] if "=" not in p]
-    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    raw = named.get("te", positional[0] if positional else None)
-    if raw is None or raw.strip() == "":
-        return name, 1.0
-    try:
-        return name, float(raw)
-    except ValueError:
-        raise ValueError(
-            f"LoRA tag {tag!r} has weight {raw!r}, which is not a number: write it as <lora:{name}:0.8>"
-        ) from None
-
-
-def _tidy_removed(marked: str) -> str:
-    """Drop the placeholders left by removed tags together with the separator they leave dangling."""
-    text = re.sub(r"[ \t]*\0+[ \t]*", "\0", marked)  # one placeholder per run of tags, spaces eaten
-    text = re.sub(r",\0(?=,)", "", text)  # "a, <lora>, b": keep one of the two commas
-    text = re.sub(r"^\0,?|,?\0$", "", text)  # a tag at either end takes its comma with it
-    text = text.replace("\0,", ",").replace(",\0", ", ").replace("\0", " ")
-    text = re.sub(r"[ \t]+(?=\n)", "", text)
-    return text.strip(" \t")
+    """`parse_extra_networks` for callers that take one multiplier per LoRA: (text, [(name, te)])."""
+    text, loras, _ = parse_extra_networks(prompt)
+    return text, [(lora.name, lora.te) for lora in loras]

@@ -18,15 +18,14 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
-from animegen.prompts.tags import escape_tag, normalize_tag, split_tags
+from animegen.prompts.tags import RATING_TAGS, escape_tag, is_count_tag, normalize_tag, split_tags
 
 PLACEHOLDERS = ("prompt", "quality", "aesthetic", "rating")
 TAG_CATEGORIES = ("count", "character", "series", "artist", "general", "meta")
 ORDER_SLOTS = (*TAG_CATEGORIES, "rating", "quality")
 
-# Tags recognised in free text so that tag-ordering presets can move them to their slot.
-_COUNT_TAG = re.compile(r"^(\d+\+?(girl|boy|other)s?|multiple (girls|boys|others)|no humans)$")
-RATING_TAGS = frozenset({"safe", "sensitive", "nsfw", "explicit", "general", "questionable"})
+# Tags recognised in free text so that tag-ordering presets can move them to their slot
+# (count tags and rating words: `animegen.prompts.tags`).
 QUALITY_TAGS = frozenset({
     "masterpiece", "best quality", "great quality", "high quality", "good quality", "normal quality",
     "low quality", "worst quality", "very aesthetic", "aesthetic", "displeasing", "very displeasing",
@@ -41,11 +40,13 @@ class Preset:
     name: str
     template: str = "{prompt}"
     negative: str = ""
-    sampler: str = "Euler a"
-    steps: int = 28
-    cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
+    # Recommended settings; None = no recommendation, the request's default applies
+    # (`animegen.generate.request.resolve`, the one home of generation defaults).
+    sampler: str | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
     description: str = ""
     quality: str = ""
     aesthetic: str = ""
@@ -53,7 +54,7 @@ class Preset:
     tag_order: tuple[str, ...] = ()
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Preset)}
+_FIELD_TYPES = {f.name: f.type.removesuffix(" | None") for f in fields(Preset)}
 _KEYS = tuple(k for k in _FIELD_TYPES if k != "name")
 
 
@@ -137,10 +138,8 @@ def _parse_presets(data: dict, source: Path, base: Mapping[str, Preset], check_s
 
 
 def _check_sampler(where: str, sampler: str) -> None:
-    try:
-        from animegen.generate.samplers import resolve_sampler
-    except ImportError:  # generation not installed: nothing to check against
-        return
+    from animegen.generate.samplers import resolve_sampler
+
     try:
         resolve_sampler(sampler)
     except ValueError as e:
@@ -182,7 +181,7 @@ def _key(tag: str) -> str:
 
 def _free_text_slot(tag: str) -> str:
     key = _key(tag)
-    if _COUNT_TAG.match(key):
+    if is_count_tag(key):
         return "count"
     if key in QUALITY_TAGS:
         return "quality"

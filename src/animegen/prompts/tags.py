@@ -4,6 +4,9 @@ Danbooru writes tags with underscores (`long_hair`) while prompts and WD14 capti
 (`long hair`); emoticon tags (kaomoji such as `^_^`) are the exception because the underscore is part
 of the face. Tags containing brackets must be escaped before they go into a prompt, otherwise the
 emphasis parser reads `hatsune miku (cosplay)` as a weight.
+
+It is also the one home of the tag vocabularies that captioning (`data/caption.py`), prompt presets
+and tag adherence (`evaluate/tag_adherence.py`) must agree on: counting tags and rating words.
 """
 
 from __future__ import annotations
@@ -16,6 +19,24 @@ KAOMOJI: frozenset[str] = frozenset({
     "0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9",
     ">_o", "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||",
 })
+
+#: Danbooru's (and WD14's) four ratings, mildest first.
+RATINGS: tuple[str, ...] = ("general", "sensitive", "questionable", "explicit")
+#: Rating words prompts use (Animagine writes `safe` / `nsfw`) -> the Danbooru rating they mean.
+RATING_ALIASES: dict[str, str] = {"safe": "general", "sfw": "general", "nsfw": "explicit"}
+#: Every word that states a rating in a prompt or caption.
+RATING_TAGS: frozenset[str] = frozenset(RATINGS) | frozenset(RATING_ALIASES)
+#: Danbooru rating -> the rating words written into captions (Animagine XL 3.1 convention).
+RATING_WORDS: dict[str, str] = {"general": "safe", "sensitive": "sensitive", "questionable": "nsfw",
+                                "explicit": "explicit, nsfw"}
+
+_COUNT_TAG = re.compile(r"^(\d+\+?\s?(girl|boy|other)s?|multiple (girls|boys|others)|no humans)$")
+
+
+def is_count_tag(tag: str) -> bool:
+    """Counting tags (normalised, lower case): `1girl`, `2boys`, `6+girls`, `multiple others`, `no humans`."""
+    return _COUNT_TAG.match(tag) is not None
+
 
 _ESCAPABLE = re.compile(r"([\\()\[\]])")
 _ESCAPED = re.compile(r"\\([\\()\[\]])")

@@ -42,6 +42,8 @@ def _info_json(req: schemas.Txt2ImgRequest, result: GenerationResult, denoising:
     images = result.images
     seeds = [im.seed for im in images]
     first = images[0].parameters if images else {}
+    # what ran (the request's unset fields resolved by preset and model family), else what was asked
+    width, height = (int(v) for v in first["Size"].split("x")) if "Size" in first else (req.width, req.height)
     info = {
         "prompt": req.prompt,
         "all_prompts": [req.prompt] * len(images),
@@ -52,11 +54,11 @@ def _info_json(req: schemas.Txt2ImgRequest, result: GenerationResult, denoising:
         "subseed": -1,
         "all_subseeds": [-1] * len(images),
         "subseed_strength": 0,
-        "width": req.width,
-        "height": req.height,
+        "width": width,
+        "height": height,
         "sampler_name": first.get("Sampler", req.sampler_name or req.sampler_index),
-        "cfg_scale": req.cfg_scale,
-        "steps": req.steps,
+        "cfg_scale": float(first["CFG scale"]) if "CFG scale" in first else req.cfg_scale,
+        "steps": first.get("Steps", req.steps),
         "batch_size": req.batch_size,
         "restore_faces": False,
         "face_restoration_model": None,
@@ -124,9 +126,7 @@ def build_router(service: ServeService) -> APIRouter:
         try:
             image = decode_image(req.init_images[0], field="init_images",
                                  max_pixels=service.limits.max_input_pixels)
-            image = to_rgb(image)
-            if image.size != (req.width, req.height):
-                image = image.resize((req.width, req.height))
+            image = to_rgb(image)  # the engine resizes it to the resolved width x height (Lanczos, as A1111)
             images, info = await run_generation(req, init_image=image, label="img2img")
         except Exception as exc:  # noqa: BLE001
             return error_response(exc)

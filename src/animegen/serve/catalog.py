@@ -7,16 +7,17 @@ point outside the folder are refused. Pickle-based files (.ckpt/.pt/.bin) are ne
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from animegen.core.errors import AnimegenError
 
 SAFE_WEIGHT_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
-class UnsafeNameError(ValueError):
+class UnsafeNameError(AnimegenError):
     """A requested name tries to leave its folder (absolute path, `..`, symlink escape)."""
 
 
@@ -77,15 +78,6 @@ def resolve_inside(root: Path, name: str) -> Path:
     if not target.is_relative_to(real_root):
         raise UnsafeNameError(f"{name!r} resolves outside {root}")
     return target
-
-
-def short_hash(path: Path) -> str:
-    """A1111's checkpoint short hash: the first 10 hex digits of the file's sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
 
 
 def _walk_inside(root: Path, *, descend=lambda real: True):

@@ -8,10 +8,11 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
+from animegen.core.errors import AnimegenError
 from animegen.generate.infotext import png_with_infotext
 
 
-class BadImageError(ValueError):
+class BadImageError(AnimegenError):
     """An uploaded image could not be decoded or is too large; `field` names the request field."""
 
     def __init__(self, field: str, reason: str):

@@ -35,6 +35,7 @@ class ModelBackend(Protocol):
     """What the worker drives: the real one wraps `animegen.generate.Generator`."""
 
     loaded: CheckpointEntry | None
+    default_size: int  # the loaded model family's size for requests that set none
 
     def load(self, entry: CheckpointEntry) -> None: ...
 

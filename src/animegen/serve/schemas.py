@@ -2,6 +2,11 @@
 
 Fields A1111 accepts but animegen does not implement (restore_faces, tiling, scripts, ...) are
 accepted and ignored, as are unknown fields (`extra="ignore"`); wrong types are rejected with 422.
+
+Deliberately unlike A1111, the generation settings (sampler, steps, CFG, size) have no default here:
+a field the client leaves out stays None, and `animegen.generate.request.resolve` fills it from the
+preset, then from the model family, exactly as for the CLI. A second copy of the defaults here is what
+made a preset's size and steps never apply through the API.
 """
 
 from __future__ import annotations
@@ -9,6 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from animegen.generate.request import GenerationRequest
+
+_UNSET = "unset: the preset's value, else animegen's default (size: the model family's)"
 
 
 class _A1111Body(BaseModel):
@@ -24,15 +33,15 @@ class Txt2ImgRequest(_A1111Body):
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0.0
-    sampler_name: str | None = None
+    sampler_name: str | None = Field(None, description=_UNSET)
     sampler_index: str | None = Field(None, description="deprecated alias of sampler_name")
     scheduler: str | None = Field(None, description="A1111 1.9+ 'Schedule type' (Automatic, Karras)")
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
-    steps: int = Field(20, ge=1)
-    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
-    width: int = Field(512, ge=64)
-    height: int = Field(512, ge=64)
+    steps: int | None = Field(None, ge=1, description=_UNSET)
+    cfg_scale: float | None = Field(None, ge=0.0, le=100.0, description=_UNSET)
+    width: int | None = Field(None, ge=64, description=_UNSET)
+    height: int | None = Field(None, ge=64, description=_UNSET)
     restore_faces: bool | None = None
     tiling: bool | None = None
     denoising_strength: float | None = Field(None, ge=0.0, le=1.0)
@@ -43,7 +52,8 @@ class Txt2ImgRequest(_A1111Body):
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
     save_images: bool = False
-    preset: str = Field("none", description="animegen prompt preset (animagine, dashanime, danbooru, none)")
+    preset: str = Field(GenerationRequest.preset,
+                        description="animegen prompt preset (animagine, dashanime, danbooru, none)")
 
 
 class Img2ImgRequest(Txt2ImgRequest):

@@ -1,7 +1,10 @@
 """The server's core, shared by the REST API and the web UI: limits, name resolution and the job queue.
 
 Both front ends turn user input into a `GenerationRequest` here, so a limit or a path check
-cannot be skipped by using the other front end.
+cannot be skipped by using the other front end. Settings the client did not send stay None, so
+`animegen.generate.request.resolve` applies the preset and the model family's defaults exactly as for
+the CLI; the limits are checked on those resolved values (with the size default of the model now
+selected: a per-request model override of another family is checked against the selected one's).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from animegen.generate import GenerationRequest, resolve_sampler
+from animegen.core.errors import AnimegenError
+from animegen.generate.request import GenerationRequest, resolve
+from animegen.generate.samplers import resolve_sampler
 from animegen.serve.catalog import Catalog, CheckpointEntry, NotFoundError, UnsafeNameError
 from animegen.serve.config import ServeConfig
 from animegen.serve.jobs import JobQueue, ModelBackend
@@ -27,7 +32,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
 }
 
 
-class RequestError(ValueError):
+class RequestError(AnimegenError):
     """A request asks for something the server refuses; `field` is the offending request field."""
 
     def __init__(self, field: str, message: str, status: int = 422):
@@ -76,6 +81,11 @@ class GeneratorBackend:
             raise
         self.loaded = entry
         self.catalog.remember_hash(entry.path, self.generator.model_hash)
+
+    @property
+    def default_size(self) -> int:
+        """The loaded model family's image size when neither the request nor its preset sets one."""
+        return self.generator.default_size
 
     def generate(self, request, progress, interrupt) -> GenerationResult:
         from animegen.generate import GenerationInterrupted
@@ -201,15 +211,17 @@ class ServeService:
             loras.append((str(entry.path), float(weight)))
         return (clean if tags else prompt), loras
 
-    def build_request(self, *, prompt: str, negative_prompt: str = "", preset: str = "none",
-                      sampler: str | None = None, schedule_type: str | None = None, steps: int = 20,
-                      cfg_scale: float = 7.0, seed: int = -1, width: int = 512, height: int = 512,
-                      clip_skip: int | None = None, n_iter: int = 1, batch_size: int = 1, init_image=None,
-                      strength: float = 0.75, hires_scale: float = 1.0, hires_steps: int = 0,
-                      hires_denoise: float = 0.5) -> GenerationRequest:
-        """Validate everything and build the generator's request (LoRAs resolved to safe paths)."""
-        self.check_size(width=width, height=height, steps=steps, images=n_iter * batch_size,
-                        hires_scale=hires_scale, hires_steps=hires_steps)
+    def build_request(self, *, prompt: str, negative_prompt: str = "", preset: str | None = None,
+                      sampler: str | None = None, schedule_type: str | None = None, steps: int | None = None,
+                      cfg_scale: float | None = None, seed: int = -1, width: int | None = None,
+                      height: int | None = None, clip_skip: int | None = None, n_iter: int = 1,
+                      batch_size: int = 1, init_image=None, strength: float = 0.75, hires_scale: float = 1.0,
+                      hires_steps: int = 0, hires_denoise: float = 0.5) -> GenerationRequest:
+        """Validate everything and build the generator's request (LoRAs resolved to safe paths).
+
+        None (sampler, steps, cfg_scale, width, height, preset) means "not sent": resolved later by the
+        preset and the model family, the same way as for `animegen generate`.
+        """
         if sampler:
             try:
                 sampler = resolve_sampler(sampler, schedule_type).name
@@ -220,25 +232,26 @@ class ServeService:
             with self._options_lock:
                 clip_skip = self._options["CLIP_stop_at_last_layers"]
         self._check_clip_skip(clip_skip, "CLIP_stop_at_last_layers")
+        preset = preset or GenerationRequest.preset
         self._check_preset(preset)
         clean_prompt, loras = self.split_loras(prompt)
         request = GenerationRequest(
-            prompt=clean_prompt, negative_prompt=negative_prompt, preset=preset or "none", sampler=sampler,
+            prompt=clean_prompt, negative_prompt=negative_prompt, preset=preset, sampler=sampler or None,
             schedule_type=schedule_type, steps=steps, cfg_scale=cfg_scale, seed=seed, width=width,
             height=height, clip_skip=clip_skip, loras=loras, n=n_iter * batch_size, batch_size=batch_size,
             init_image=init_image, strength=strength, hires_scale=hires_scale, hires_steps=hires_steps,
             hires_denoise=hires_denoise,
         )
         try:
-            request.validate()
+            settings = resolve(request, self.backend.default_size)
         except ValueError as exc:
             raise RequestError(_field_of(str(exc)), str(exc)) from None
+        self.check_size(width=settings.width, height=settings.height, steps=settings.steps,
+                        images=n_iter * batch_size, hires_scale=hires_scale, hires_steps=hires_steps)
         return request
 
     @staticmethod
     def _check_preset(preset: str) -> None:
-        if preset in ("", "none"):
-            return
         from animegen.prompts.presets import get_preset
 
         try:

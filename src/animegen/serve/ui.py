@@ -2,6 +2,9 @@
 
 Every UI action goes through `ServeService.build_request` and the shared queue, so the UI obeys the
 same limits and LoRA folder rules as the REST API and never runs concurrently with API jobs.
+Sampler, steps, CFG and size start empty and an empty field is sent as unset, so the preset's values
+and then the model family's defaults apply (`animegen.generate.request.resolve`), as on the CLI; the
+UI holds no copy of those defaults.
 """
 
 from __future__ import annotations
@@ -11,7 +14,13 @@ from typing import Any
 
 import gradio as gr
 
-from animegen.generate import SAMPLERS, parse_infotext, read_png_infotext, request_from_infotext
+from animegen.generate import (
+    SAMPLERS,
+    GenerationRequest,
+    parse_infotext,
+    read_png_infotext,
+    request_from_infotext,
+)
 from animegen.serve.codec import to_rgb
 from animegen.serve.jobs import QueueFullError, ServerClosedError
 from animegen.serve.service import RequestError, ServeService
@@ -53,16 +62,38 @@ def _preset_names() -> list[str]:
     return [p.name for p in list_presets()]
 
 
-def _preset_defaults(name: str, sampler, steps, cfg, width, height, negative):
-    """When a preset is picked, adopt its sampler/steps/CFG/size/negative (the user can still edit)."""
-    from animegen.prompts.presets import get_preset
+def _optional(value, kind):
+    """An empty UI field (None / "") is "not set": the preset or the model family decides."""
+    return None if value in (None, "") else kind(value)
 
-    try:
-        preset = get_preset(name)
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
-    return (preset.sampler or sampler, preset.steps or steps, preset.cfg_scale or cfg,
-            preset.width or width, preset.height or height, preset.negative or negative)
+
+def settings_fields(sampler, steps, cfg, width, height) -> dict[str, Any]:
+    """The generation settings of a UI form, empty ones left unset."""
+    return {"sampler": _optional(sampler, str), "steps": _optional(steps, int),
+            "cfg_scale": _optional(cfg, float), "width": _optional(width, int), "height": _optional(height, int)}
+
+
+def txt2img_fields(prompt, negative, preset, sampler, steps, cfg, width, height, seed, count) -> dict[str, Any]:
+    """The txt2img form's values as `ServeService.build_request` keywords."""
+    return {"prompt": prompt, "negative_prompt": negative, "preset": preset,
+            **settings_fields(sampler, steps, cfg, width, height),
+            "seed": int(seed if seed is not None else -1), "n_iter": int(count)}
+
+
+def _settings_row(samplers: list[str], lim, prefix: str) -> tuple:
+    """Sampler, steps, CFG, width, height inputs; all start empty (= the preset's, else the default)."""
+    unset = "preset's, else default"
+    ids = {name: f"{prefix}_{name}" for name in ("sampler", "steps", "cfg", "width", "height")}
+    sampler = gr.Dropdown([(f"({unset})", ""), *samplers], value="", label="Sampler", elem_id=ids["sampler"])
+    steps = gr.Number(None, minimum=1, maximum=lim.max_steps, precision=0, label="Steps", placeholder=unset,
+                      elem_id=ids["steps"])
+    cfg = gr.Number(None, minimum=0, maximum=30, step=0.5, label="CFG scale", placeholder=unset,
+                    elem_id=ids["cfg"])
+    width = gr.Number(None, minimum=64, maximum=lim.max_width, step=8, precision=0, label="Width",
+                      placeholder="preset's, else the model's", elem_id=ids["width"])
+    height = gr.Number(None, minimum=64, maximum=lim.max_height, step=8, precision=0, label="Height",
+                       placeholder="preset's, else the model's", elem_id=ids["height"])
+    return sampler, steps, cfg, width, height
 
 
 def _add_lora(prompt: str, name: str | None, weight: float) -> str:
@@ -91,14 +122,10 @@ def build_ui(service: ServeService) -> gr.Blocks:
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt")
                 negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_negative")
                 with gr.Row():
-                    preset = gr.Dropdown(_preset_names(), value="none", label="Preset", elem_id="txt2img_preset")
-                    sampler = gr.Dropdown(samplers, value="Euler a", label="Sampler", elem_id="txt2img_sampler")
-                    steps = gr.Slider(1, lim.max_steps, value=20, step=1, label="Steps", elem_id="txt2img_steps")
-                    cfg = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale", elem_id="txt2img_cfg")
+                    preset = gr.Dropdown(_preset_names(), value=GenerationRequest.preset, label="Preset",
+                                         elem_id="txt2img_preset")
+                    sampler, steps, cfg, width, height = _settings_row(samplers, lim, "txt2img")
                 with gr.Row():
-                    width = gr.Slider(64, lim.max_width, value=512, step=8, label="Width", elem_id="txt2img_width")
-                    height = gr.Slider(64, lim.max_height, value=512, step=8, label="Height",
-                                       elem_id="txt2img_height")
                     seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="txt2img_seed")
                     count = gr.Slider(1, lim.max_images, value=1, step=1, label="Images", elem_id="txt2img_count")
                 with gr.Row():
@@ -122,13 +149,10 @@ def build_ui(service: ServeService) -> gr.Blocks:
                 prompt2 = gr.Textbox(label="Prompt", lines=3, elem_id="img2img_prompt")
                 negative2 = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img_negative")
                 with gr.Row():
-                    sampler2 = gr.Dropdown(samplers, value="Euler a", label="Sampler")
-                    steps2 = gr.Slider(1, lim.max_steps, value=20, step=1, label="Steps")
-                    cfg2 = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
-                    strength = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength")
+                    sampler2, steps2, cfg2, width2, height2 = _settings_row(samplers, lim, "img2img")
                 with gr.Row():
-                    width2 = gr.Slider(64, lim.max_width, value=512, step=8, label="Width")
-                    height2 = gr.Slider(64, lim.max_height, value=512, step=8, label="Height")
+                    strength = gr.Slider(0.01, 1.0, value=GenerationRequest.strength, step=0.01,
+                                         label="Denoising strength")
                     seed2 = gr.Number(-1, precision=0, label="Seed (-1: random)")
                 generate2 = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
                 gallery2 = gr.Gallery(label="Images", format="png", columns=2, elem_id="img2img_gallery")
@@ -148,17 +172,14 @@ def build_ui(service: ServeService) -> gr.Blocks:
 
         def run_txt2img(prompt_, negative_, preset_, sampler_, steps_, cfg_, width_, height_, seed_, count_,
                         progress=gr.Progress()):
-            images, texts = _run(service, "txt2img (ui)", progress, prompt=prompt_, negative_prompt=negative_,
-                                 preset=preset_, sampler=sampler_, steps=int(steps_), cfg_scale=float(cfg_),
-                                 seed=int(seed_ if seed_ is not None else -1), width=int(width_),
-                                 height=int(height_), n_iter=int(count_))
+            images, texts = _run(service, "txt2img (ui)", progress,
+                                 **txt2img_fields(prompt_, negative_, preset_, sampler_, steps_, cfg_, width_,
+                                                  height_, seed_, count_))
             return images, texts, (texts[0] if texts else ""), 0
 
         generate.click(run_txt2img, txt2img_inputs, [gallery, infotexts, infotext, selected],
                        concurrency_limit=None)
         interrupt.click(lambda: service.queue.interrupt() and None, None, None, queue=False)
-        preset.input(_preset_defaults, [preset, sampler, steps, cfg, width, height, negative],
-                      [sampler, steps, cfg, width, height, negative])
         add_lora.click(_add_lora, [prompt, lora, lora_weight], prompt)
         gallery.select(_selected_infotext, infotexts, [infotext, selected])
 
@@ -182,11 +203,11 @@ def build_ui(service: ServeService) -> gr.Blocks:
                 from PIL import Image
 
                 image = Image.open(image)
-            image = to_rgb(image).resize((int(width_), int(height_)))
+            image = to_rgb(image)  # the engine resizes it to the resolved width x height
             images, texts = _run(service, "img2img (ui)", progress, prompt=prompt_, negative_prompt=negative_,
-                                 sampler=sampler_, steps=int(steps_), cfg_scale=float(cfg_),
-                                 seed=int(seed_ if seed_ is not None else -1), width=int(width_),
-                                 height=int(height_), init_image=image, strength=float(strength_))
+                                 **settings_fields(sampler_, steps_, cfg_, width_, height_),
+                                 seed=int(seed_ if seed_ is not None else -1), init_image=image,
+                                 strength=float(strength_))
             return images, "\n\n".join(texts)
 
         generate2.click(run_img2img, [init_image, prompt2, negative2, sampler2, steps2, cfg2, strength, width2,
@@ -212,7 +233,7 @@ def build_ui(service: ServeService) -> gr.Blocks:
                 req = request_from_infotext(text)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from None
-            return (req.prompt, req.negative_prompt, "none", req.sampler or "Euler a", req.steps, req.cfg_scale,
+            return (req.prompt, req.negative_prompt, req.preset, req.sampler or "", req.steps, req.cfg_scale,
                     req.width, req.height, req.seed, gr.Tabs(selected="txt2img"))
 
         fill_outputs = [prompt, negative, preset, sampler, steps, cfg, width, height, seed, tabs]

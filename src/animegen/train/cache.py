@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from animegen.core.files import atomic_path
 from animegen.train.data import Item
 
 
@@ -68,15 +67,9 @@ class LatentCache:
                 path.unlink(missing_ok=True)
         self.misses += 1
         latent, crop = encode(item, flip)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file({"latent": latent.detach().float().cpu().contiguous(),
-                       "crop": torch.tensor(crop, dtype=torch.int64)}, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+                       "crop": torch.tensor(crop, dtype=torch.int64)}, str(tmp))
         return latent, crop
 
 

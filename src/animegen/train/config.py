@@ -14,11 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from animegen.core.errors import AnimegenError
+
 AdapterKind = Literal["lora", "locon", "loha", "lokr", "ia3", "dora", "full"]
 TargetPreset = Literal["cross_attention", "attention", "attention_ff", "attention_ff_conv"]
 
 
-class ConfigError(ValueError):
+class ConfigError(AnimegenError):
     """A bad configuration key or value; the message names the key and what is allowed."""
 
 
@@ -120,6 +122,9 @@ class TrainSection(_Section):
     gradient_checkpointing: bool = False
     seed: int = 0
     device: str | None = None
+    overwrite: bool = Field(False, description=(
+        "Replace an earlier run's export and checkpoints in output_dir (CLI --overwrite); without it a "
+        "second run into the same folder is refused."))
 
 
 class SampleSection(_Section):

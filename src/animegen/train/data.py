@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from animegen.core.errors import AnimegenError
+from animegen.core.files import IMAGE_EXTENSIONS
+from animegen.core.seeds import derive_rng, derive_unit
 from animegen.train.config import DataSection, DatasetEntry
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".avif", ".jxl"}
 
-
-class DataError(ValueError):
+class DataError(AnimegenError):
     """A dataset that cannot be read; the message names the path and what to do."""
 
 
@@ -84,14 +85,14 @@ def _read_kohya(root: Path, entry: DatasetEntry, index: int) -> list[Item]:
         head = sub.name.split("_", 1)[0]
         if head.isdigit():
             folders.append((sub, int(head)))
-    if any(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir()):
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
         folders.append((root, 1))
     if not folders:
         raise DataError(f"{root}: no images and no `N_name` repeat folders (e.g. `10_mychar/`) found")
     items: list[Item] = []
     for folder, n in folders:
         for img in sorted(folder.iterdir()):
-            if img.suffix.lower() not in IMAGE_EXTS:
+            if img.suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
             cap_file = img.with_suffix(entry.caption_extension)
             caption = cap_file.read_text(encoding="utf-8").strip() if cap_file.exists() else ""
@@ -142,7 +143,7 @@ def _read_webdataset(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
                     groups.setdefault(key, {})[ext.lower()] = m
             for key in sorted(groups):
                 g = groups[key]
-                img_ext = next((e for e in g if "." + e in IMAGE_EXTS), None)
+                img_ext = next((e for e in g if "." + e in IMAGE_EXTENSIONS), None)
                 if img_ext is None:
                     continue
                 captions = []
@@ -244,11 +245,6 @@ def resize_to_bucket(img: Image.Image, bucket: tuple[int, int], rng: random.Rand
 # ---------------------------------------------------------------- the whole data set
 
 
-def _stable_unit(*parts: object) -> float:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64
-
-
 def _relative_source(source: str, dataset_path: str) -> str:
     root = Path(dataset_path)
     root = root.parent if root.is_file() else root
@@ -260,7 +256,7 @@ def _relative_source(source: str, dataset_path: str) -> str:
 
 def step_rng(seed: int, step: int, slot: int) -> random.Random:
     """Per-sample randomness: depends only on the run seed, the step and the sample's global slot."""
-    return random.Random(hashlib.sha256(f"{seed}/{step}/{slot}".encode()).digest())
+    return derive_rng(seed, step, slot)
 
 
 @dataclass
@@ -287,7 +283,7 @@ class TrainData:
         for it in items:  # held-out split by a stable hash of the source relative to its dataset: independent
             # of listing order and of where the dataset folder lives
             key = _relative_source(it.source, cfg.datasets[it.dataset].path)
-            held_out = not it.is_reg and _stable_unit(seed, key) < cfg.validation_split
+            held_out = not it.is_reg and derive_unit("split", seed, key) < cfg.validation_split
             (data.val if held_out else data.train).append(it)
         if not data.train:
             raise DataError("data.validation_split leaves no training images; lower it")
@@ -296,7 +292,7 @@ class TrainData:
     def epoch_batches(self, epoch: int, batch_size: int) -> list[list[int]]:
         """Global batches (item indices) of one epoch: each item `repeats` times (fractional part drawn),
         shuffled within its bucket, chunked, short chunks filled from the same bucket, batches shuffled."""
-        rng = random.Random(hashlib.sha256(f"epoch/{self.seed}/{epoch}".encode()).digest())
+        rng = derive_rng("epoch", self.seed, epoch)
         by_bucket: dict[tuple[int, int], list[int]] = {}
         for i, it in enumerate(self.train):
             n = int(it.repeats) + (1 if rng.random() < it.repeats - int(it.repeats) else 0)

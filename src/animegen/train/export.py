@@ -17,9 +17,14 @@ from typing import Any
 
 import torch
 
+from animegen.core.files import atomic_dir
+from animegen.models.family import SD1, SDXL, ModelFamily, get_family
+from animegen.models.loading import dtype_by_name
 from animegen.train.config import TrainConfig
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# adapter kinds the trainer offers that are stored as another LoRA algorithm (`models.lora.algorithms`)
+_LORA_KIND = {"locon": "lora", "dora": "lora"}
 
 
 def _peft_layers(module: torch.nn.Module):
@@ -105,25 +110,27 @@ def adapters_to_lora_file(modules: dict[str, torch.nn.Module], kind: str, metada
 
 
 def kohya_metadata(config: TrainConfig, *, is_sdxl: bool, steps: int, num_images: int,
-                   started_at: float, tag_frequency: dict[str, dict[str, int]] | None = None) -> dict[str, str]:
-    """The `ss_*` header keys kohya sd-scripts writes, so A1111/Civitai tools show the training settings."""
+                   started_at: float, tag_frequency: dict[str, dict[str, int]] | None = None,
+                   family: ModelFamily | str | None = None) -> dict[str, str]:
+    """The `ss_*` header keys kohya sd-scripts writes, so A1111/Civitai tools show the training settings.
+
+    The network keys come from `models.lora.kohya_header.network_metadata`, the builder `write_lora`
+    uses too, given what was trained (kind, rank, alpha); the training keys are added on top.
+    `family` (default: SDXL if `is_sdxl` else SD1) gives ``ss_base_model_version``.
+    """
+    from animegen.models.lora.kohya_header import network_metadata
+
     a, o, d, t = config.adapter, config.optimizer, config.data, config.train
-    kohya_module = "networks.lora" if a.kind in ("lora", "locon") else "lycoris.kohya"
-    args = {"algo": a.kind if a.kind != "dora" else "lora", "dropout": a.dropout, "targets": a.targets}
-    if a.kind == "dora":
-        args["dora_wd"] = True
-    if a.kind == "locon":
-        args["conv_dim"] = a.rank
-        args["conv_alpha"] = a.alpha
-    meta = {
-        "ss_network_module": kohya_module,
-        "ss_network_dim": str(a.rank),
-        "ss_network_alpha": str(a.alpha),
-        "ss_network_args": json.dumps(args),
+    family = get_family(family) if family is not None else SDXL if is_sdxl else SD1
+    conv = a.kind == "locon" or a.targets == "attention_ff_conv"
+    v_prediction = config.model.prediction_type == "v_prediction"
+    meta = network_metadata(
+        kinds=[_LORA_KIND.get(a.kind, a.kind)], dim=a.rank, alpha=a.alpha, family=family,
+        v_prediction=v_prediction, conv_dim=a.rank if conv else None, conv_alpha=a.alpha if conv else None,
+        dora=a.kind == "dora", network_args={"dropout": a.dropout, "targets": a.targets})
+    meta |= {
         "ss_network_dropout": str(a.dropout),
-        "ss_base_model_version": "sdxl_base_v1-0" if is_sdxl else "sd_v1",
-        "ss_v2": "False",
-        "ss_v_parameterization": str(config.model.prediction_type == "v_prediction"),
+        "ss_v_parameterization": str(v_prediction),
         "ss_zero_terminal_snr": str(config.model.zero_terminal_snr),
         "ss_sd_model_name": Path(config.model.base).name or config.model.base,
         "ss_output_name": config.export.name,
@@ -183,7 +190,7 @@ def export_adapters(modules: dict[str, torch.nn.Module], config: TrainConfig, ou
     from animegen.models.lora import write_lora
 
     lora = adapters_to_lora_file(modules, config.adapter.kind, metadata)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.export.dtype]
+    dtype = dtype_by_name(config.export.dtype)
     for m in lora.modules.values():
         m.tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in m.tensors.items()}
     written: dict[str, Path] = {}
@@ -197,12 +204,13 @@ def export_adapters(modules: dict[str, torch.nn.Module], config: TrainConfig, ou
 
 
 def export_full(pipe, config: TrainConfig, out_dir: Path, metadata: dict[str, str]) -> dict[str, Path]:
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.export.dtype]
+    dtype = dtype_by_name(config.export.dtype)
     written: dict[str, Path] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     if "diffusers" in config.export.formats:
         folder = out_dir / f"{config.export.name}_diffusers"
-        pipe.save_pretrained(folder, safe_serialization=True)
+        with atomic_dir(folder) as tmp:  # complete or absent, files with the umask's mode
+            pipe.save_pretrained(tmp, safe_serialization=True)
         written["diffusers"] = folder
     if "single_file" in config.export.formats or "kohya" in config.export.formats:
         from animegen.models.single_file import save_single_file

@@ -7,17 +7,16 @@ the run was resumed or not.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 
+from animegen.core.seeds import derive_seed
 from animegen.train.config import LossSection
 
 
 def sample_generator(seed: int, step: int, slot: int) -> torch.Generator:
     g = torch.Generator()
-    g.manual_seed(int.from_bytes(hashlib.sha256(f"noise/{seed}/{step}/{slot}".encode()).digest()[:7], "little"))
+    g.manual_seed(derive_seed("noise", seed, step, slot))
     return g
 
 

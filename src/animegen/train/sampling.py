@@ -2,13 +2,18 @@
 
 Samples use the generation engine (`animegen.generate.Generator`) on the in-memory pipeline whose
 UNet/text encoders carry the adapters being trained, so they look as `animegen generate` will and
-carry the same infotext. Validation loss uses fixed timesteps and per-(image, timestep) seeds, so the
-number is comparable across steps and across runs.
+carry the same infotext; the engine leaves a pipe it is lent as it is (no fused QKV: the q/k/v adapters
+keep training). Validation loss uses fixed timesteps and per-(image, timestep) seeds, so the number is
+comparable across steps and across runs; it asks only a small `Predictor` interface of the model. Both
+run inside `frozen_eval`, which restores every module's training flag afterwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -16,55 +21,70 @@ from animegen.train.config import SampleSection, TrainConfig
 from animegen.train.loss import sample_generator
 
 
+@contextmanager
+def frozen_eval(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+    """Eval mode (dropout off) and no autograd inside the block; on exit, also on error, every module
+    and submodule gets back its own training flag (a frozen text encoder stays in eval mode)."""
+    modules = list(modules)
+    flags = [(sub, sub.training) for m in modules for sub in m.modules()]
+    try:
+        for m in modules:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for sub, flag in flags:
+            sub.training = flag
+
+
 def write_samples(pipe, cfg: SampleSection, model_name: str, out_dir: Path, step: int) -> list[Path]:
+    """One preview per prompt, through the generation engine on the pipe being trained (left unchanged)."""
     from animegen.generate import GenerationRequest, Generator, save_png
 
     generator = Generator(model_name, pipe=pipe)
     paths = []
     modules = [m for m in (getattr(pipe, n, None) for n in ("unet", "text_encoder", "text_encoder_2")) if m]
-    was_training = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
+    with frozen_eval(modules):
         for i, prompt in enumerate(cfg.prompts):
             request = GenerationRequest(prompt=prompt, negative_prompt=cfg.negative_prompt, sampler=cfg.sampler,
                                         steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed + i,
                                         width=cfg.width, height=cfg.height)
-            with torch.no_grad():
-                for image in generator(request):
-                    paths.append(save_png(image, out_dir / f"step{step:08d}-{i:02d}.png"))
-    finally:
-        for m, flag in zip(modules, was_training, strict=True):
-            m.train(flag)
+            for image in generator(request):
+                paths.append(save_png(image, out_dir / f"step{step:08d}-{i:02d}.png"))
     return paths
 
 
-@torch.no_grad()
-def validation_loss(trainer, items) -> float:
+class Predictor(Protocol):
+    """What validation needs of a model in training (`Trainer` is one; a test can fake one)."""
+
+    config: TrainConfig  # validation.timesteps/seed and the loss settings
+    noise_scheduler: Any  # add_noise and the prediction type the target follows
+    device: torch.device
+    trained: dict[str, torch.nn.Module]  # put in eval mode while validating
+
+    def latent_for(self, item, flip: bool, rng) -> tuple[torch.Tensor, tuple[int, int]]: ...
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, captions: list[str], items: list,
+                crops: list[tuple[int, int]]) -> torch.Tensor: ...
+
+
+def validation_loss(model: Predictor, items) -> float:
     """Mean loss over held-out items x fixed timesteps, same noise every time (dropout off)."""
     from animegen.train.loss import diffusion_loss, target_for
 
-    cfg: TrainConfig = trainer.config
-    modules = list(trainer.trained.values())
-    flags = [m.training for m in modules]
-    for m in modules:
-        m.eval()
+    cfg, scheduler, device = model.config, model.noise_scheduler, model.device
     total, count = 0.0, 0
-    try:
+    with frozen_eval(model.trained.values()):
         for idx, item in enumerate(items):
-            latent, crop = trainer.latent_for(item, flip=False, rng=None)
-            caption = item.captions[0]
+            latent, crop = model.latent_for(item, flip=False, rng=None)
             for t in cfg.validation.timesteps:
                 g = sample_generator(cfg.validation.seed, idx, t)
-                noise = torch.randn(latent.shape, generator=g)[None].to(trainer.device)
-                lat = latent[None].to(trainer.device)
-                ts = torch.tensor([t], device=trainer.device)
-                noisy = trainer.noise_scheduler.add_noise(lat, noise, ts)
-                pred = trainer.predict(trainer.unet_eval, noisy, ts, [caption], [item], [crop])
-                target = target_for(trainer.noise_scheduler, lat, noise, ts)
-                total += float(diffusion_loss(pred, target, ts, trainer.noise_scheduler, cfg.loss))
+                noise = torch.randn(latent.shape, generator=g)[None].to(device)
+                lat = latent[None].to(device)
+                ts = torch.tensor([t], device=device)
+                noisy = scheduler.add_noise(lat, noise, ts)
+                pred = model.predict(noisy, ts, [item.captions[0]], [item], [crop])
+                target = target_for(scheduler, lat, noise, ts)
+                total += float(diffusion_loss(pred, target, ts, scheduler, cfg.loss))
                 count += 1
-    finally:
-        for m, flag in zip(modules, flags, strict=True):
-            m.train(flag)
     return total / max(count, 1)

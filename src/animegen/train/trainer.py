@@ -4,21 +4,36 @@
 (batch_size x processes) and process r takes its slice. Every random choice is keyed by (seed, step,
 slot in the global batch), and the global torch RNG (adapter dropout) is reseeded per step, so a run
 is a pure function of its config: resumed runs and N-process runs reproduce the single uninterrupted run.
+
+One optimizer step is `Trainer.train_step`; what else happens after a step is decided by the named
+"is it due?" predicates below (`needs_validation`, `needs_samples`, `needs_checkpoint`, `needs_log`),
+pure functions of (config, step) as in OneTrainer, so the schedule is testable without a model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import torch
 
+from animegen.core.seeds import derive_seed
+from animegen.models.family import family_of
+from animegen.models.loading import dtype_by_name
+from animegen.prompts.encode import final_layer_norm
 from animegen.train import adapters as adapters_mod
 from animegen.train.cache import LatentCache, TextEmbeddingCache, module_fingerprint
-from animegen.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from animegen.train.checkpoint import (
+    last_good_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    non_finite,
+    prepare_output_dir,
+    save_checkpoint,
+)
 from animegen.train.config import TrainConfig, stage_config, stage_names
 from animegen.train.data import TrainData, make_caption, open_item_image, resize_to_bucket, step_rng
 from animegen.train.loss import diffusion_loss, draw_noise, make_noise_scheduler, sample_generator, target_for
@@ -28,7 +43,33 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stopped without touching the last good checkpoint."""
+    """The loss or the trained weights became NaN/inf; the run stopped without touching the last good
+    checkpoint (the newest one whose weights are finite: weights can overflow before the loss does)."""
+
+
+def _every(every: int, step: int) -> bool:
+    return bool(every) and step > 0 and step % every == 0
+
+
+def needs_validation(config: TrainConfig, step: int) -> bool:
+    """Validation loss every `validation.every_steps` steps and after the last step (0 = never)."""
+    every = config.validation.every_steps
+    return _every(every, step) or (bool(every) and step == config.train.max_steps)
+
+
+def needs_samples(config: TrainConfig, step: int) -> bool:
+    """Preview images every `sample.every_steps` steps, when there are prompts (0 = never)."""
+    return bool(config.sample.prompts) and _every(config.sample.every_steps, step)
+
+
+def needs_checkpoint(config: TrainConfig, step: int) -> bool:
+    """A checkpoint every `checkpoint.every_steps` steps (0 = never; the end of a run is the export)."""
+    return _every(config.checkpoint.every_steps, step)
+
+
+def needs_log(config: TrainConfig, step: int) -> bool:
+    """Scalars to TensorBoard every `log.every_steps` steps and after the last step."""
+    return _every(config.log.every_steps, step) or step == config.train.max_steps
 
 
 @dataclass
@@ -67,8 +108,14 @@ def load_base(config: TrainConfig, device: str):
 class Trainer:
     def __init__(self, config: TrainConfig, *, accelerator=None):
         from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate.state import AcceleratorState
 
         self.config = config
+        if accelerator is None:
+            # accelerate keeps one process-wide state and refuses another mixed precision for a second run
+            # in the same process (a notebook, stages, tests); each run starts its own. The distributed
+            # part (PartialState: process group, rank) is kept.
+            AcceleratorState._reset_state(reset_partial_state=False)
         t = config.train
         # Trained text encoders have layers the conditioning never reads (SDXL: TE1's last layer; clip
         # skip > 1), whose weights get no gradient; DDP must be told, or it waits for them forever.
@@ -78,7 +125,7 @@ class Trainer:
             cpu=t.device == "cpu", step_scheduler_with_optimizer=False, kwargs_handlers=[ddp])
         self.device = self.accelerator.device
         self.output_dir = Path(t.output_dir)
-        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[t.mixed_precision]
+        self.weight_dtype = dtype_by_name("fp32" if t.mixed_precision == "no" else t.mixed_precision)
         if self.device.type == "cpu":
             self.weight_dtype = torch.float32 if t.mixed_precision != "bf16" else torch.bfloat16
 
@@ -87,7 +134,8 @@ class Trainer:
         cfg = self.config
         self.data = TrainData.load(cfg.data, cfg.train.seed)
         self.pipe = load_base(cfg, str(self.device))
-        self.is_sdxl = getattr(self.pipe, "text_encoder_2", None) is not None
+        self.family = family_of(self.pipe)
+        self.is_sdxl = self.family.is_sdxl  # pooled text + size/crop conditioning
         self.noise_scheduler = make_noise_scheduler(self.pipe.scheduler.config, cfg.model.prediction_type,
                                                     cfg.model.zero_terminal_snr)
         if cfg.model.prediction_type != "auto" or cfg.model.zero_terminal_snr:
@@ -109,6 +157,10 @@ class Trainer:
             for p in module.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
+            if name.startswith("text_encoder") and name in self.trained and not full:
+                # accelerate hands a prepared model's outputs back in fp32, and the final LayerNorm runs
+                # after the forward (clip skip), outside it: fp32 weights take either input on CPU and GPU
+                final_layer_norm(module).float()
         vae = self.pipe.vae
         self.latent_cache = LatentCache(
             (Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.output_dir / "cache" / "latents")
@@ -175,11 +227,11 @@ class Trainer:
         from animegen.prompts.encode import encode_text
 
         pipe, d = self.pipe, self.config.data
-        names = ["text_encoder", "text_encoder_2"] if self.is_sdxl else ["text_encoder"]
+        names = self.family.components
         encoders = [_CallThrough(self.wrapped.get(n, getattr(pipe, n)), getattr(pipe, n)) for n in names]
-        tokenizers = [pipe.tokenizer, pipe.tokenizer_2] if self.is_sdxl else [pipe.tokenizer]
+        tokenizers = [getattr(pipe, te.tokenizer) for te in self.family.text_encoders]
         out = encode_text(tokenizers, encoders, [caption], clip_skip=d.clip_skip, emphasis=d.emphasis,
-                          arch="sdxl" if self.is_sdxl else "sd1", max_chunks=d.max_chunks)
+                          arch=self.family.name, max_chunks=d.max_chunks)
         return (out.embeds[0],) if out.pooled is None else (out.embeds[0], out.pooled[0])
 
     def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -197,15 +249,19 @@ class Trainer:
         pooled = torch.stack([o[1] for o in outs]) if self.is_sdxl else None
         return torch.stack(hidden), pooled
 
-    def predict(self, unet, noisy, timesteps, captions, items, crops) -> torch.Tensor:
-        hidden, pooled = self.encode_text(captions)
-        kwargs = {}
-        if self.is_sdxl:
-            time_ids = [[it.size[1], it.size[0], top, left, it.bucket[1], it.bucket[0]]
-                        for it, (top, left) in zip(items, crops, strict=True)]
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled,
-                                           "time_ids": torch.tensor(time_ids, device=self.device, dtype=hidden.dtype)}
+    def predict(self, noisy, timesteps, captions, items, crops, unet=None) -> torch.Tensor:
+        """The UNet's output for a batch; `unet` defaults to the bare (not DDP-wrapped) one, for evaluation."""
+        unet = self.unet_eval if unet is None else unet
+        # the text encoders run under autocast too: with mixed precision their frozen weights are
+        # bf16/fp16 while trained adapters (and their outputs) are fp32
         with self.accelerator.autocast():
+            hidden, pooled = self.encode_text(captions)
+            kwargs = {}
+            if self.is_sdxl:  # sizes stay exact in fp32 (bf16 rounds e.g. 1517 to 1520)
+                time_ids = [[it.size[1], it.size[0], top, left, it.bucket[1], it.bucket[0]]
+                            for it, (top, left) in zip(items, crops, strict=True)]
+                kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": torch.tensor(
+                    time_ids, device=self.device, dtype=torch.float32)}
             return unet(noisy, timesteps, hidden, **kwargs).sample
 
     # ------------------------------------------------------------------ state
@@ -222,11 +278,28 @@ class Trainer:
             for k, p in named.items():
                 p.copy_(weights[k])
 
+    def stopped(self, what: str, step: int) -> NonFiniteLossError:
+        """The error that ends a run gone non-finite, naming the checkpoint to go back to."""
+        good = last_good_checkpoint(self.output_dir)
+        where = f"the last good checkpoint is {good}" if good else "no good checkpoint was written yet"
+        return NonFiniteLossError(
+            f"{what} at step {step}; stopped the run ({where}). Lower optimizer.lr, use mixed_precision = "
+            "'bf16' instead of 'fp16', or set optimizer.max_grad_norm, then `--resume`.")
+
+    def check_finite(self, step: int) -> dict[str, torch.Tensor]:
+        """The trained weights, or `NonFiniteLossError` when any is NaN/inf (never save or export those)."""
+        weights = self.trained_weights()
+        bad = non_finite(weights)
+        if bad:
+            raise self.stopped(f"trained weights became non-finite ({len(bad)} tensors, e.g. {bad[0]})", step)
+        return weights
+
     def save(self, step: int) -> Path | None:
+        weights = self.check_finite(step)  # on every process, so all stop together
         self.accelerator.wait_for_everyone()
         path = None
         if self.accelerator.is_main_process:
-            path = save_checkpoint(self.output_dir, step, self.trained_weights(), self.optimizer.state_dict(),
+            path = save_checkpoint(self.output_dir, step, weights, self.optimizer.state_dict(),
                                    self.lr_scheduler.state_dict(), {"config": self.config.model_dump(mode="json")},
                                    self.config.checkpoint.keep_last,
                                    self.ema.state_dict() if self.ema is not None else None)
@@ -234,10 +307,7 @@ class Trainer:
         return path
 
     def restore(self) -> int:
-        found = list_checkpoints(self.output_dir)
-        if not found:
-            return 0
-        ckpt = load_checkpoint(found[-1])
+        ckpt = load_checkpoint(list_checkpoints(self.output_dir)[-1])  # `run` checked that there is one
         self.load_weights(ckpt["weights"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["scheduler"])
@@ -270,19 +340,60 @@ class Trainer:
                                       self.config.loss.noise_offset)
         latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        pred = self.predict(self.unet_train, noisy, timesteps, captions, items, crops)
+        pred = self.predict(noisy, timesteps, captions, items, crops, unet=self.unet_train)
         target = target_for(self.noise_scheduler, latents, noise, timesteps)
         weights = None
         if any(it.is_reg for it in items):
             weights = torch.tensor([self.config.loss.prior_loss_weight if it.is_reg else 1.0 for it in items])
         return diffusion_loss(pred, target, timesteps, self.noise_scheduler, self.config.loss, weights)
 
+    def train_step(self, step: int, micro_batches: list[tuple[int, list[int]]]) -> float:
+        """Optimizer step number `step` over its (micro index, global batch) micro-batches; the mean loss.
+
+        A NaN/inf loss raises `NonFiniteLossError` before the weights are touched."""
+        acc, cfg = self.accelerator, self.config
+        step_loss = 0.0
+        for micro, batch in micro_batches:
+            torch.manual_seed(derive_seed("dropout", cfg.train.seed, micro, acc.process_index))
+            with acc.accumulate(*self.wrapped.values()):
+                loss = self.loss_for(micro, batch)
+                mean_loss = acc.reduce(loss.detach(), "mean")
+                if not torch.isfinite(mean_loss):
+                    raise self.stopped(f"loss became {float(mean_loss)}", step)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.optimizer.max_grad_norm > 0:
+                    acc.clip_grad_norm_(self.params, cfg.optimizer.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            step_loss += float(mean_loss) / len(micro_batches)
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.params)
+        return step_loss
+
+    def previews(self, step: int) -> list[Path]:
+        """The sample images for `step`, under the training autocast (the dtype the weights were cast for:
+        frozen bf16/fp16 parts next to fp32 adapters). A preview that fails is a logged warning, never
+        the end of the run."""
+        from animegen.train.sampling import write_samples
+
+        cfg = self.config
+        try:
+            with self.accelerator.autocast():
+                return write_samples(self.pipe, cfg.sample, cfg.model.base, self.output_dir / "samples", step)
+        except Exception as exc:  # noqa: BLE001 - a preview must not end a run that is training fine
+            log.warning("sample preview at step %d failed, training continues: %s: %s", step,
+                        type(exc).__name__, exc)
+            return []
+
     def run(self, resume: bool = False, stop_at: int | None = None) -> TrainResult:
         from tqdm.auto import tqdm
 
-        from animegen.train.sampling import validation_loss, write_samples
+        from animegen.train.sampling import validation_loss
 
         cfg, acc = self.config, self.accelerator
+        prepare_output_dir(self.output_dir, resume=resume, overwrite=cfg.train.overwrite, clear=acc.is_main_process)
+        acc.wait_for_everyone()
         self.setup()
         start = self.restore() if resume else 0
         self.precache()
@@ -300,54 +411,29 @@ class Trainer:
                    disable=not acc.is_main_process or not cfg.log.progress)
         step = start
         while step < cfg.train.max_steps:
-            step_loss = 0.0
-            for _ in range(accum):
-                micro, _epoch, batch = next(stream)
-                torch.manual_seed(int.from_bytes(hashlib.sha256(
-                    f"dropout/{cfg.train.seed}/{micro}/{acc.process_index}".encode()).digest()[:7], "little"))
-                with acc.accumulate(*self.wrapped.values()):
-                    loss = self.loss_for(micro, batch)
-                    mean_loss = acc.reduce(loss.detach(), "mean")
-                    if not torch.isfinite(mean_loss):
-                        good = list_checkpoints(self.output_dir)
-                        where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written yet"
-                        raise NonFiniteLossError(
-                            f"loss became {float(mean_loss)} at step {step + 1}; stopped the run ({where}). "
-                            "Lower optimizer.lr, use mixed_precision = 'bf16' instead of 'fp16', or set "
-                            "optimizer.max_grad_norm, then `--resume`.")
-                    acc.backward(loss)
-                    if acc.sync_gradients and cfg.optimizer.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.params, cfg.optimizer.max_grad_norm)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                step_loss += float(mean_loss) / accum
-            self.lr_scheduler.step()
-            if self.ema is not None:
-                self.ema.step(self.params)
             step += 1
+            step_loss = self.train_step(step, [(micro, batch) for micro, _epoch, batch in islice(stream, accum)])
             result.losses.append(step_loss)
             lr = self.lr_scheduler.get_last_lr()[0]
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-            if writer is not None and (step % cfg.log.every_steps == 0 or step == cfg.train.max_steps):
+            if writer is not None and needs_log(cfg, step):
                 writer.add_scalar("train/loss", step_loss, step)
                 writer.add_scalar("train/lr", lr, step)
-            if cfg.validation.every_steps and self.data.val and (
-                    step % cfg.validation.every_steps == 0 or step == cfg.train.max_steps):
+            if needs_validation(cfg, step) and self.data.val:
                 if acc.is_main_process:
                     result.val_losses[step] = validation_loss(self, self.data.val)
                     if writer is not None:
                         writer.add_scalar("val/loss", result.val_losses[step], step)
                 acc.wait_for_everyone()
-            if cfg.sample.every_steps and cfg.sample.prompts and step % cfg.sample.every_steps == 0:
-                if acc.is_main_process:
-                    result.samples += write_samples(self.pipe, cfg.sample, cfg.model.base,
-                                                    self.output_dir / "samples", step)
-                acc.wait_for_everyone()
-            if cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0:
+            if needs_checkpoint(cfg, step):  # before the previews: a failing preview never costs the checkpoint
                 self.save(step)
+            if needs_samples(cfg, step):
+                if acc.is_main_process:
+                    result.samples += self.previews(step)
+                acc.wait_for_everyone()
             if stop_at is not None and step >= stop_at and step < cfg.train.max_steps:
-                if not (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+                if not needs_checkpoint(cfg, step):
                     self.save(step)
                 result.step, result.finished = step, False
                 bar.close()
@@ -358,6 +444,7 @@ class Trainer:
             writer.close()
         if self.ema is not None:
             self.ema.copy_to(self.params)
+        self.check_finite(step)
         result.exported = self.export(started)
         return result
 
@@ -369,7 +456,7 @@ class Trainer:
             return {}
         cfg = self.config
         concept = [it for it in self.data.train if not it.is_reg]
-        meta = kohya_metadata(cfg, is_sdxl=self.is_sdxl, steps=cfg.train.max_steps,
+        meta = kohya_metadata(cfg, is_sdxl=self.is_sdxl, family=self.family, steps=cfg.train.max_steps,
                               num_images=len(concept), started_at=started, tag_frequency=tag_frequency(concept))
         meta["ss_num_reg_images"] = str(len(self.data.train) - len(concept))
         meta["ss_prior_loss_weight"] = str(cfg.loss.prior_loss_weight)
@@ -396,6 +483,9 @@ def train(config: TrainConfig, resume: bool = False, *, stop_at: int | None = No
     base = config.model.base
     root = Path(config.train.output_dir)
     names = stage_names(config)
+    if resume and not any(_stage_done(root / n) or list_checkpoints(root / n) for n in names):
+        raise ConfigError(f"--resume: no stage under {root} has a checkpoint or a finished export to continue "
+                          "from; run without --resume to start a new run")
     for i, name in enumerate(names):
         stage = stage_config(config, i)
         if len(names) > 1 and (stage.adapter.kind != "full" or "diffusers" not in stage.export.formats):
@@ -407,7 +497,8 @@ def train(config: TrainConfig, resume: bool = False, *, stop_at: int | None = No
         if resume and _stage_done(out):
             result = TrainResult(out, stage.train.max_steps)
         else:
-            result = Trainer(stage).run(resume=resume and out.exists(), stop_at=stop_at)
+            # a stage not reached yet (no checkpoint) starts fresh; the run as a whole was checked above
+            result = Trainer(stage).run(resume=resume and bool(list_checkpoints(out)), stop_at=stop_at)
             if not result.finished:
                 return result
             (out / "export" / "DONE").write_text("ok")

@@ -3,19 +3,23 @@
 W ← W + Σᵢ mᵢ·ΔWᵢ, summed in float32 and cast back once, so the result is linear in each
 multiplier and m = 0 leaves a layer untouched. The original tensors are kept (per pipeline) so
 `remove_loras` restores them exactly and every `apply_loras` call starts from the base weights.
+Both refresh fused attention projections (`fused.py`) themselves, so callers never sync.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from animegen.core.errors import AnimegenError
 from animegen.models.lora.formats import read_lora
+from animegen.models.lora.fused import sync_fused_projections
 from animegen.models.lora.module import LoraFile, LoraFormatError
-from animegen.models.lora.names import module_path_candidates, split_target
+from animegen.models.lora.names import COMPONENTS, TEXT_COMPONENTS, module_path_candidates, split_target
 
 _BACKUP_ATTR = "_animegen_lora_backup"
 
@@ -51,15 +55,39 @@ def _as_lora_file(item) -> LoraFile:
     return item if isinstance(item, LoraFile) else read_lora(Path(item))
 
 
-def apply_loras(pipe, loras: Iterable[tuple[LoraFile | str | Path, float]], *, progress: bool = False) -> int:
+def _component_multipliers(multiplier: float | Mapping[str, float]) -> Callable[[str], float]:
+    """Multiplier per module target: one float for all, or A1111's te/unet split as {component: float}.
+
+    ``text_encoder`` also covers ``text_encoder_2`` unless that is given; a component left out is not merged.
+    """
+    values = multiplier.values() if isinstance(multiplier, Mapping) else [multiplier]
+    if not all(math.isfinite(float(v)) for v in values):  # a NaN weight would blacken every image
+        raise AnimegenError(f"LoRA weight {multiplier!r} is not a finite number; give e.g. 0.8")
+    if not isinstance(multiplier, Mapping):
+        value = float(multiplier)
+        return lambda target: value
+    unknown = sorted(set(multiplier) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"LoRA multiplier names unknown component(s) {unknown}: use {', '.join(COMPONENTS)}")
+    per = {c: float(multiplier.get(c, multiplier.get("text_encoder", 0.0) if c in TEXT_COMPONENTS else 0.0))
+           for c in COMPONENTS}
+    return lambda target: per[split_target(target)[0]]
+
+
+def apply_loras(pipe, loras: Iterable[tuple[LoraFile | str | Path, float | Mapping[str, float]]], *,
+                progress: bool = False) -> int:
     """Merge ``multiplier * ΔW`` of every (LoraFile or path, multiplier) into `pipe`'s weights.
 
-    Any LoRA already merged by this function is removed first, so calls do not stack. Raises
-    `LoraTargetError` listing every module no component of `pipe` has (nothing is changed then).
-    Returns the number of layers changed.
+    A multiplier is a float or a {component: float} mapping such as ``{"text_encoder": 0.5, "unet": 1.0}``
+    (A1111's `<lora:name:te:unet>`).
+
+    Any LoRA already merged by this function is removed first (`remove_loras`), so calls do not
+    stack; fused QKV copies are refreshed after the merge. Raises `LoraTargetError` listing every
+    module no component of `pipe` has (nothing is merged then). Returns the number of layers changed.
     """
     remove_loras(pipe)
-    loaded: Sequence[tuple[LoraFile, float]] = [(_as_lora_file(lf), float(m)) for lf, m in loras]
+    loaded: Sequence[tuple[LoraFile, Callable[[str], float]]] = [
+        (_as_lora_file(lf), _component_multipliers(m)) for lf, m in loras]
     missing = sorted({t for lf, _ in loaded for t in lf.modules if _resolve(pipe, t) is None})
     if missing:
         shown = ", ".join(missing[:20]) + (f" … and {len(missing) - 20} more" if len(missing) > 20 else "")
@@ -69,11 +97,11 @@ def apply_loras(pipe, loras: Iterable[tuple[LoraFile | str | Path, float]], *, p
 
     # Sum the deltas per layer first (float32) so several LoRAs on one layer cast only once.
     deltas: dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]] = {}
-    work = [(lf.modules[t], m) for lf, m in loaded if m != 0.0 for t in lf.modules]
+    work = [(lf.modules[t], m(t)) for lf, m in loaded for t in lf.modules if m(t) != 0.0]
     with torch.no_grad():
         for module, multiplier in tqdm(work, desc="merging LoRA", disable=not progress, unit="layer"):
             layer = _resolve(pipe, module.target)
-            dw = module.delta_weight(layer.weight.detach().to("cpu") if module.kind == "ia3" else layer.weight)
+            dw = module.delta_weight(layer.weight.detach())
             dw = dw.to(layer.weight.device) * multiplier
             bias = getattr(layer, "bias", None)
             db = module.delta_bias(bias if isinstance(bias, torch.Tensor) else None)
@@ -92,17 +120,22 @@ def apply_loras(pipe, loras: Iterable[tuple[LoraFile | str | Path, float]], *, p
                 if id(param) not in backup:
                     backup[id(param)] = (param, param.detach().to("cpu", copy=True))
                 param.copy_((param.float() + d).to(param.dtype))
+    if deltas:
+        sync_fused_projections(pipe)
     return len(deltas)
 
 
 def remove_loras(pipe) -> int:
-    """Restore every weight changed by `apply_loras` bit-exactly; returns how many were restored."""
+    """Restore every weight changed by `apply_loras` bit-exactly (fused QKV copies too); returns
+    how many tensors were restored."""
     backup = pipe.__dict__.get(_BACKUP_ATTR) or {}
     with torch.no_grad():
         for param, original in backup.values():
             param.copy_(original)
     restored = len(backup)
     backup.clear()
+    if restored:
+        sync_fused_projections(pipe)
     return restored
 
 

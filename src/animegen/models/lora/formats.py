@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from functools import cache
 from pathlib import Path
@@ -19,10 +17,17 @@ from typing import Literal
 
 import torch
 
-from animegen.models.lora import full, ia3, loha, lokr, lora
+from animegen.core.files import WeightsFileError, atomic_path, read_weights
+from animegen.models.family import SD1, SDXL, ModelFamily, family_of
+from animegen.models.ldm_names import clip_class_has_text_model_level, text_path_for
+from animegen.models.lora import lora
+from animegen.models.lora.algorithms import tensor_suffixes
+from animegen.models.lora.kohya_header import kohya_value, network_metadata
 from animegen.models.lora.module import LoraFile, LoraFormatError, LoraModule, detect_kind
 from animegen.models.lora.names import (
+    COMPONENTS,
     KOHYA_PREFIXES,
+    TEXT_COMPONENTS,
     canonical_target,
     is_ldm_unet_path,
     kohya_to_target,
@@ -35,32 +40,37 @@ Format = Literal["kohya", "diffusers"]
 # diffusers' header key holding the per-component peft LoraConfig (rank/alpha patterns)
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 
-_SUFFIXES = frozenset(lora.KEYS | loha.KEYS | lokr.KEYS | ia3.KEYS | full.KEYS | {"alpha", "dora_scale"})
-# dotted (diffusers/peft) suffix -> canonical suffix; longest first so `.lora.down.weight` wins over `.weight`
-_DOTTED_SUFFIXES = sorted(
-    {".lora_A.weight": "lora_down.weight", ".lora_B.weight": "lora_up.weight",
-     ".lora.down.weight": "lora_down.weight", ".lora.up.weight": "lora_up.weight",
-     **{"." + s: s for s in _SUFFIXES}}.items(),
-    key=lambda kv: -len(kv[0]))
+# peft/diffusers names of LoRA's two factors (every other algorithm keeps its LyCORIS names when dotted)
+_PEFT_LORA_SUFFIXES = {".lora_A.weight": "lora_down.weight", ".lora_B.weight": "lora_up.weight",
+                       ".lora.down.weight": "lora_down.weight", ".lora.up.weight": "lora_up.weight"}
+
+
+@cache
+def _dotted_suffixes(suffixes: frozenset[str]) -> list[tuple[str, str]]:
+    """dotted (diffusers/peft) suffix -> canonical suffix, for the registered algorithms' suffixes;
+    longest first so `.lora.down.weight` wins over `.weight`."""
+    return sorted({**_PEFT_LORA_SUFFIXES, **{"." + s: s for s in suffixes}}.items(), key=lambda kv: -len(kv[0]))
+
+
 _ATTN_PROCESSOR = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 
 
 # ----------------------------------------------------------------------------------- reading
 
-def _split_kohya_key(key: str) -> tuple[str, str]:
+def _split_kohya_key(key: str, unet_config) -> tuple[str, str]:
     name, _, suffix = key.partition(".")
-    if suffix not in _SUFFIXES:
+    if suffix not in tensor_suffixes():
         raise ValueError(f"unknown tensor suffix {suffix!r}")
-    return kohya_to_target(name), suffix
+    return kohya_to_target(name, unet_config=unet_config), suffix
 
 
-def _split_dotted_key(key: str, all_keys) -> tuple[str, str]:
+def _split_dotted_key(key: str, all_keys, unet_config) -> tuple[str, str]:
     m = _ATTN_PROCESSOR.match(key)  # old diffusers attention-processor LoRA
     if m:
         proj = "to_out.0" if m.group(2) == "to_out" else m.group(2)
         path, suffix = f"{m.group(1)}.{proj}", f"lora_{m.group(3)}.weight"
     else:
-        for dotted, canonical in _DOTTED_SUFFIXES:
+        for dotted, canonical in _dotted_suffixes(tensor_suffixes()):
             if key.endswith(dotted):
                 path, suffix = key[: -len(dotted)], canonical
                 break
@@ -71,20 +81,20 @@ def _split_dotted_key(key: str, all_keys) -> tuple[str, str]:
         if suffix == "weight" and f"{path}.on_input" not in all_keys:
             raise ValueError("plain weight without on_input")
     path = path.removeprefix("base_model.model.")
-    for component in ("unet.", "text_encoder.", "text_encoder_2."):
-        if path.startswith(component):
+    for component in COMPONENTS:
+        if path.startswith(component + "."):
             return path, suffix
     if path.startswith("text_model."):
         return "text_encoder." + path, suffix
     if is_ldm_unet_path(path):
-        path = ldm_to_diffusers_unet(path)
+        path = ldm_to_diffusers_unet(path, unet_config)
     return "unet." + path, suffix
 
 
-def _split_key(key: str, all_keys) -> tuple[str, str]:
+def _split_key(key: str, all_keys, unet_config) -> tuple[str, str]:
     if key.startswith(tuple(KOHYA_PREFIXES)):
-        return _split_kohya_key(key)
-    return _split_dotted_key(key, all_keys)
+        return _split_kohya_key(key, unet_config)
+    return _split_dotted_key(key, all_keys, unet_config)
 
 
 def _metadata_alphas(metadata: dict[str, str]) -> dict[str, tuple[object, dict]]:
@@ -97,7 +107,7 @@ def _metadata_alphas(metadata: dict[str, str]) -> dict[str, tuple[object, dict]]
     except json.JSONDecodeError as exc:
         raise LoraFormatError(f"header {DIFFUSERS_METADATA_KEY!r} is not valid JSON: {exc}") from exc
     out = {}
-    for component in ("unet", "text_encoder", "text_encoder_2"):
+    for component in COMPONENTS:
         if f"{component}.r" in config or f"{component}.lora_alpha" in config:
             out[component] = (config.get(f"{component}.lora_alpha"),
                               config.get(f"{component}.alpha_pattern") or {})
@@ -106,21 +116,26 @@ def _metadata_alphas(metadata: dict[str, str]) -> dict[str, tuple[object, dict]]
 
 def _pattern_alpha(path: str, default, patterns: dict):
     # peft's own matching rule (get_pattern_key); CLIP paths may be written without `text_model.`
-    for candidate in dict.fromkeys((path, path.removeprefix("text_model."))):
+    for candidate in dict.fromkeys((path, text_path_for(path, has_level=False))):
         for pattern, value in patterns.items():
             if re.match(rf"(.*\.)?({pattern})$", candidate):
                 return value
     return default
 
 
-def lora_from_state_dict(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> LoraFile:
-    """Parse a LoRA state dict in any supported layout into a `LoraFile`."""
+def lora_from_state_dict(state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                         *, unet_config=None) -> LoraFile:
+    """Parse a LoRA state dict in any supported layout into a `LoraFile`.
+
+    LDM-named UNet keys (kohya SDXL) are translated by `unet_config`, the model's, when the caller has
+    it; else by the released layouts (`names.ldm_to_diffusers_unet`), which every SD1/SDXL model shares.
+    """
     metadata = dict(metadata or {})
     groups: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     unknown: list[str] = []
     for key, tensor in state_dict.items():
         try:
-            target, suffix = _split_key(key, state_dict)
+            target, suffix = _split_key(key, state_dict, unet_config)
             target = canonical_target(target)
         except ValueError:
             unknown.append(key)
@@ -135,6 +150,10 @@ def lora_from_state_dict(state_dict: dict[str, torch.Tensor], metadata: dict[str
     modules: dict[str, LoraModule] = {}
     bad: list[str] = []
     for target, tensors in groups.items():
+        non_finite = sorted(s for s, t in tensors.items() if t.is_floating_point() and not t.isfinite().all())
+        if non_finite:  # merged, they turn every image black
+            bad.append(f"{target}: non-finite values (NaN/inf) in {', '.join(non_finite)}")
+            continue
         alpha_t = tensors.pop("alpha", None)
         try:
             kind = detect_kind(tensors)
@@ -143,53 +162,34 @@ def lora_from_state_dict(state_dict: dict[str, torch.Tensor], metadata: dict[str
             continue
         alpha = float(alpha_t.item()) if alpha_t is not None else None
         component, _, path = target.partition(".")
-        if alpha is None and kind == "lora" and component in meta_alphas:
+        if alpha is None and kind == lora.KIND and component in meta_alphas:  # peft alphas: LoRA only
             alpha = _pattern_alpha(path, *meta_alphas[component])
         modules[target] = LoraModule(target, kind, dict(tensors), alpha)
     if bad:
-        raise LoraFormatError("modules with unusable tensors: " + "; ".join(bad[:20]))
+        more = f"; … and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise LoraFormatError("modules with unusable tensors: " + "; ".join(bad[:20]) + more)
     if not modules:
         raise LoraFormatError("the file holds no LoRA tensors")
     return LoraFile(modules=modules, metadata=metadata)
 
 
-def read_lora(path: str | Path) -> LoraFile:
-    """Read any LoRA-family file (.safetensors; .pt/.ckpt/.bin loaded with weights_only)."""
+def read_lora(path: str | Path, *, unet_config=None, allow_pickle: bool = False) -> LoraFile:
+    """Read any LoRA-family file: .safetensors, or .pt/.ckpt/.bin only with `allow_pickle` (and then
+    weights-only; the pickle policy of `core.files`). `unet_config`: see `lora_from_state_dict`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                metadata = dict(f.metadata() or {})
-                state_dict = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-        except Exception as exc:  # safetensors raises its own error types
-            raise LoraFormatError(f"{path} is not a readable .safetensors file: {exc}") from exc
-    else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise LoraFormatError(f"{path} could not be loaded as a torch checkpoint: {exc}") from exc
-        if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
-            state_dict = state_dict["state_dict"]
-        metadata = {}
     try:
-        return lora_from_state_dict(state_dict, metadata)
+        state_dict, metadata = read_weights(path, allow_pickle=allow_pickle)
+    except WeightsFileError as exc:
+        raise LoraFormatError(str(exc)) from None
+    try:
+        return lora_from_state_dict(state_dict, metadata, unet_config=unet_config)
     except LoraFormatError as exc:
         raise LoraFormatError(f"{path}: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------------- writing
-
-def _meta_str(value) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
 
 def _most_common(values, default=None):
     values = [v for v in values if v is not None]
@@ -205,31 +205,17 @@ def _payload_hash(tensors: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(blob[8 + header_len:]).hexdigest()
 
 
-def _kohya_metadata(lf: LoraFile, sdxl: bool) -> dict[str, str]:
-    kinds = {m.kind for m in lf.modules.values()}
-    ranks = [m.rank for m in lf.modules.values()]
-    alphas = [m.alpha if m.alpha is not None else m.rank for m in lf.modules.values()]
-    derived = {
-        "ss_network_module": "networks.lora" if kinds <= {"lora"} else "lycoris.kohya",
-        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
-        "ss_v2": "False",
-    }
-    dim, alpha = _most_common(ranks), _most_common(alphas)
-    if dim is not None:
-        derived["ss_network_dim"] = str(dim)
-    if alpha is not None:
-        derived["ss_network_alpha"] = _meta_str(alpha)
-    args: dict[str, str] = {}
-    if not kinds <= {"lora"}:
-        main_kind = _most_common([m.kind for m in lf.modules.values()])
-        args["algo"] = "locon" if main_kind == "lora" else main_kind
+def _kohya_metadata(lf: LoraFile, family: ModelFamily) -> dict[str, str]:
+    """kohya's network keys, derived from the modules: the most common rank/alpha (kohya has one)."""
     conv = [m for m in lf.modules.values() if next(iter(m.tensors.values())).dim() == 4]
-    if conv and kinds <= {"lora"}:
-        args["conv_dim"] = str(_most_common([m.rank for m in conv]))
-        args["conv_alpha"] = _meta_str(_most_common([m.alpha if m.alpha is not None else m.rank for m in conv]))
-    if args:
-        derived["ss_network_args"] = json.dumps(args)
-    return derived
+    return network_metadata(
+        kinds={m.kind for m in lf.modules.values()},
+        main_kind=_most_common([m.kind for m in lf.modules.values()]),
+        dim=_most_common([m.rank for m in lf.modules.values()]),
+        alpha=_most_common([m.alpha if m.alpha is not None else m.rank for m in lf.modules.values()]),
+        conv_dim=_most_common([m.rank for m in conv]),
+        conv_alpha=_most_common([m.alpha if m.alpha is not None else m.rank for m in conv]),
+        family=family, v_prediction=lf.metadata.get("ss_v_parameterization") == "True")
 
 
 def _diffusers_adapter_metadata(lf: LoraFile) -> dict:
@@ -237,7 +223,7 @@ def _diffusers_adapter_metadata(lf: LoraFile) -> dict:
     config: dict = {}
     by_component: dict[str, list[LoraModule]] = defaultdict(list)
     for m in lf.modules.values():
-        if m.kind == "lora":
+        if m.kind == lora.KIND:
             by_component[m.component].append(m)
     for component, mods in by_component.items():
         r = _most_common([m.rank for m in mods])
@@ -253,35 +239,26 @@ def _diffusers_adapter_metadata(lf: LoraFile) -> dict:
     return config
 
 
-@cache
-def _clip_has_text_model_level(component: str) -> bool:
-    """Whether the installed transformers' CLIP class for `component` nests a ``text_model``
-    module (transformers 5 dropped it from `CLIPTextModel` but not from the projection variant);
-    diffusers-layout keys must use the module paths peft will find."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    cls = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
-    config = CLIPTextConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                            num_attention_heads=1, max_position_embeddings=4, projection_dim=8)
-    return hasattr(cls(config), "text_model")
-
-
 def _diffusers_key_base(target: str) -> str:
+    """diffusers-layout keys use the module paths peft will find in the installed transformers' CLIP class."""
     component, _, path = target.partition(".")
-    if component.startswith("text_encoder") and path.startswith("text_model.") \
-            and not _clip_has_text_model_level(component):
-        return f"{component}.{path.removeprefix('text_model.')}"
+    if component in TEXT_COMPONENTS:
+        with_projection = component == SDXL.text_encoders[-1].component
+        return f"{component}.{text_path_for(path, clip_class_has_text_model_level(with_projection))}"
     return target
 
 
-def lora_to_state_dict(lf: LoraFile, format: Format = "kohya", *, sdxl: bool | None = None
+def lora_to_state_dict(lf: LoraFile, format: Format = "kohya", *, sdxl: bool | None = None, unet_config=None
                        ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and derived header of `lf` in `format` (see `write_lora`)."""
-    sdxl = lf.is_sdxl if sdxl is None else sdxl
+    family = family_of(lf)
+    if sdxl is not None and sdxl != family.is_sdxl:  # the caller's `sdxl` wins over the guess from the content
+        family = SDXL if sdxl else SD1
+    sdxl = family.is_sdxl
     tensors: dict[str, torch.Tensor] = {}
     for target, m in lf.modules.items():
         if format == "kohya":
-            base = target_to_kohya(target, sdxl=sdxl)
+            base = target_to_kohya(target, sdxl=sdxl, unet_config=unet_config)
             names = {s: f"{base}.{s}" for s in m.tensors}
         elif format == "diffusers":
             renamed = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"}
@@ -291,10 +268,10 @@ def lora_to_state_dict(lf: LoraFile, format: Format = "kohya", *, sdxl: bool | N
             raise ValueError(f"unknown LoRA format {format!r}: choose 'kohya' or 'diffusers'")
         for suffix, key in names.items():
             tensors[key] = m.tensors[suffix].detach().to("cpu").contiguous().clone()
-        if m.alpha is not None and (format == "kohya" or m.kind != "lora"):
+        if m.alpha is not None and (format == "kohya" or m.kind != lora.KIND):
             tensors[f"{base}.alpha"] = torch.tensor(m.alpha, dtype=torch.float32)
     if format == "kohya":
-        header = _kohya_metadata(lf, sdxl)
+        header = _kohya_metadata(lf, family)
         header["sshs_model_hash"] = _payload_hash(tensors)
     else:
         header = {"format": "pt"}
@@ -305,8 +282,8 @@ def lora_to_state_dict(lf: LoraFile, format: Format = "kohya", *, sdxl: bool | N
 
 
 def write_lora(lf: LoraFile, path: str | Path, format: Format = "kohya", metadata: dict | None = None,
-               *, sdxl: bool | None = None) -> Path:
-    """Write `lf` as .safetensors, atomically (temp file + os.replace).
+               *, sdxl: bool | None = None, unet_config=None) -> Path:
+    """Write `lf` as .safetensors, atomically (`core.files.atomic_path`: the umask's mode, unique temp name).
 
     kohya: ``lora_unet_…``/``lora_te…`` keys (SDXL UNet in LDM names) with a kohya-style string
     header (ss_network_module/dim/alpha/args, ss_base_model_version, sshs_model_hash) overlaid by
@@ -314,23 +291,17 @@ def write_lora(lf: LoraFile, path: str | Path, format: Format = "kohya", metadat
     diffusers: ``unet.<module>.lora_A/B.weight`` keys plus the ``lora_adapter_metadata`` header
     that `pipe.load_lora_weights` reads its ranks/alphas from. Non-LoRA kinds keep their
     LyCORIS tensor names under the dotted module path. `sdxl` (default: guessed from the content
-    and `lf.metadata`) picks kohya's SDXL naming.
+    and `lf.metadata`) picks kohya's SDXL naming; `unet_config` (the trained model's) its LDM UNet
+    names, else the released SDXL layout.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors, header = lora_to_state_dict(lf, format, sdxl=sdxl)
+    tensors, header = lora_to_state_dict(lf, format, sdxl=sdxl, unet_config=unet_config)
     for key, value in (metadata or {}).items():
-        header[str(key)] = _meta_str(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        header[str(key)] = kohya_value(value)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return path
 
 
