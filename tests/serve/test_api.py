@@ -178,6 +178,22 @@ def test_lora_tags_resolve_inside_the_lora_dir_only(client):
         assert response.status_code == status, (tag, response.text)
 
 
+def test_lora_te_and_unet_multipliers_reach_the_model_through_the_api(client):
+    """`<lora:name:te:unet>` (A1111): the fixture's LoRA adapts the UNet only, so its UNet multiplier decides."""
+    def image(prompt):
+        response = client.post("/sdapi/v1/txt2img", json={"prompt": prompt, "seed": 9, **SMALL})
+        assert response.status_code == 200, response.text
+        return pixels(decode(response.json()["images"][0])), json.loads(response.json()["info"])["infotexts"][0]
+
+    plain, _ = image("1girl")
+    full, _ = image("1girl <lora:strong:1>")
+    te_only, te_info = image("1girl <lora:strong:1:0>")
+    unet_only, _ = image("1girl <lora:strong:0:1>")
+    np.testing.assert_array_equal(te_only, plain)
+    np.testing.assert_array_equal(unet_only, full)
+    assert "<lora:strong:1:0>" in te_info  # recorded as A1111 writes and reads it
+
+
 def test_png_info_reads_generated_and_a1111_pngs(client, batch_response):
     generated = client.post("/sdapi/v1/png-info", json={"image": batch_response["images"][1]}).json()
     assert generated["info"] == json.loads(batch_response["info"])["infotexts"][1]

@@ -12,7 +12,7 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("tiny")
 def tiny(
-    arch: str = typer.Option("sd15", help="Architecture family: sd15 or sdxl."),
+    arch: str = typer.Option("sd15", help="Architecture family: sd15 (alias of sd1) or sdxl."),
     out: Optional[Path] = typer.Option(None, help="Write a diffusers folder here."),
     single_file: Optional[Path] = typer.Option(None, help="Write an A1111-layout .safetensors checkpoint here."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
@@ -20,8 +20,6 @@ def tiny(
     """Build a tiny random-weight model of a real architecture (for tests and the quick start)."""
     from animegen.models.tiny import save_tiny_model
 
-    if arch not in ("sd15", "sdxl"):
-        raise typer.BadParameter(f"unknown arch {arch!r}; choose sd15 or sdxl", param_hint="--arch")
     if out is None and single_file is None:
         raise typer.BadParameter("give --out DIR and/or --single-file FILE.safetensors")
     for kind, path in save_tiny_model(arch, out, single_file, seed=seed).items():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from animegen.core.files import atomic_write
+from animegen.core.files import atomic_path, atomic_write
 from animegen.data.manifest import Manifest, ManifestRow
 
 GIRLS = ["1girl", "2girls", "3girls", "4girls", "5girls", "6+girls", "multiple girls"]
@@ -169,7 +169,8 @@ def plot_balance(stats: Sequence[BucketStat], path: str | Path, title: str = "bu
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from animegen.data.manifest import Manifest, ManifestRow, load_manifest
+from animegen.core.files import atomic_path
 
 
 def tag_frequencies(rows: Iterable[ManifestRow]) -> Counter[str]:
@@ -23,7 +24,7 @@ def tag_frequencies(rows: Iterable[ManifestRow]) -> Counter[str]:
 
 def write_frequencies(counts: Counter[str], path: str | Path) -> Path:
     path = Path(path)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["tag", "count"])
         for tag, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -50,7 +51,8 @@ def plot_long_tail(counts: Counter[str], path: str | Path) -> Path:
     ax.set_title(f"tag long tail ({values.size} tags)")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

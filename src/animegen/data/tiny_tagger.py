@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from animegen.core.files import atomic_write
+
 # (name, category): 9 = rating, 0 = general, 4 = character — the categories of selected_tags.csv.
 DEMO_TAGS: list[tuple[str, int]] = [
     ("general", 9), ("sensitive", 9), ("questionable", 9), ("explicit", 9),
@@ -51,7 +53,7 @@ def write_tiny_tagger(folder: str | Path, tags: Sequence[tuple[str, int]] = DEMO
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    onnx.save(model, folder / "model.onnx")
+    atomic_write(folder / "model.onnx", model.SerializeToString())
     lines = ["tag_id,name,category,count"] + [f"{i},{n},{c},{1000 - i}" for i, (n, c) in enumerate(tags)]
-    (folder / "selected_tags.csv").write_text("\n".join(lines) + "\n")
+    atomic_write(folder / "selected_tags.csv", "\n".join(lines) + "\n")
     return w, b

@@ -23,7 +23,7 @@ from PIL import Image
 from animegen import __version__
 from animegen.core.errors import AnimegenError
 from animegen.generate.infotext import format_infotext
-from animegen.generate.request import GenerationRequest, ResolvedRequest, resolve
+from animegen.generate.request import GenerationRequest, ResolvedRequest, lora_tag_text, resolve
 from animegen.generate.samplers import make_scheduler, resolve_sampler
 from animegen.models.family import family_of
 
@@ -148,7 +148,7 @@ class Generator:
             path = self.resolve_lora(ref)
             self._known_loras.setdefault(path.stem, path)
             loras.append((path.stem, path, weight))
-            recorded += f" <lora:{path.stem}:{weight:g}>"
+            recorded += " " + lora_tag_text(path.stem, weight)
         return clean_prompt, recorded, loras
 
     def _apply_loras(self, loras: list[tuple[str, Path, float]]) -> None:

@@ -37,7 +37,8 @@ class GenerationRequest:
     width: int | None = None
     height: int | None = None
     clip_skip: int = 1
-    loras: list[tuple[str, float]] = field(default_factory=list)
+    # (path or name, multiplier): one float, or A1111's te/unet split as {"text_encoder": te, "unet": unet}
+    loras: list[tuple[str, float | dict[str, float]]] = field(default_factory=list)
     n: int = 1
     batch_size: int = 1
     init_image: Image.Image | None = None
@@ -69,8 +70,28 @@ class GenerationRequest:
             if not ok:
                 raise ValueError(message)
         for name, weight in self.loras:
-            if not isinstance(weight, (int, float)):
-                raise ValueError(f"LoRA {name!r} weight must be a number, got {weight!r}")
+            lora_multiplier(name, weight)
+
+
+LORA_COMPONENTS = ("text_encoder", "unet")
+
+
+def lora_multiplier(name: str, weight) -> float | dict[str, float]:
+    """A request's LoRA multiplier, checked: a number, or {"text_encoder": te, "unet": unet} (A1111's split)."""
+    if isinstance(weight, (int, float)) and not isinstance(weight, bool):
+        return float(weight)
+    if isinstance(weight, dict) and weight and set(weight) <= set(LORA_COMPONENTS) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in weight.values()):
+        return {k: float(v) for k, v in weight.items()}
+    raise ValueError(f"LoRA {name!r} weight must be a number or {{'text_encoder': te, 'unet': unet}}, "
+                     f"got {weight!r}")
+
+
+def lora_tag_text(name: str, weight: float | dict[str, float]) -> str:
+    """How a LoRA is written into the recorded prompt, as A1111 reads it: `<lora:name:w>` or `<lora:name:te:unet>`."""
+    if isinstance(weight, dict):
+        return f"<lora:{name}:{weight.get('text_encoder', 0.0):g}:{weight.get('unet', 0.0):g}>"
+    return f"<lora:{name}:{weight:g}>"
 
 
 def parse_lora_spec(spec: str) -> tuple[str, float]:
@@ -111,7 +132,7 @@ class ResolvedRequest:
     width: int
     height: int
     clip_skip: int
-    loras: tuple[tuple[str, float], ...]
+    loras: tuple[tuple[str, float | dict[str, float]], ...]
     batch_size: int
     init_image: Image.Image | None
     strength: float
@@ -148,7 +169,7 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
         width=setting("width", default_size),
         height=setting("height", default_size),
         clip_skip=request.clip_skip,
-        loras=tuple((str(p), float(w)) for p, w in request.loras),
+        loras=tuple((str(p), lora_multiplier(str(p), w)) for p, w in request.loras),
         batch_size=request.batch_size,
         init_image=request.init_image,
         strength=request.strength,

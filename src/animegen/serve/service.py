@@ -192,24 +192,27 @@ class ServeService:
             if not ok:
                 raise RequestError(field, message)
 
-    def split_loras(self, prompt: str) -> tuple[str, list[tuple[str, float]]]:
-        """Take `<lora:name:w>` tags out of `prompt`, resolving each name inside --lora-dir only.
+    def split_loras(self, prompt: str) -> tuple[str, list[tuple[str, float | dict[str, float]]]]:
+        """Take every `<name:...>` tag out of `prompt` (as A1111), resolving LoRA names inside --lora-dir only.
 
-        The generator gets the resolved file paths, so nothing in a prompt is ever used as a path.
+        The generator gets the resolved file paths, so nothing in a prompt is ever used as a path; a LoRA's
+        te/unet multipliers travel as the engine's per-component multiplier.
         """
-        from animegen.prompts.parser import extract_lora_tags
+        from animegen.prompts.parser import parse_extra_networks
 
-        clean, tags = extract_lora_tags(prompt)
+        clean, tags, unsupported = parse_extra_networks(prompt)
+        for tag in unsupported:
+            log.warning("ignoring %s: animegen applies only <lora:...> / <lyco:...> extra networks", tag)
         loras = []
-        for name, weight in tags:
+        for tag in tags:
             try:
-                entry = self.catalog.find_lora(name)
+                entry = self.catalog.find_lora(tag.name)
             except UnsafeNameError as exc:
                 raise RequestError("prompt", f"LoRA {exc}", status=400) from None
             except NotFoundError as exc:
                 raise RequestError("prompt", str(exc), status=404) from None
-            loras.append((str(entry.path), float(weight)))
-        return (clean if tags else prompt), loras
+            loras.append((str(entry.path), tag.multiplier))
+        return (clean if tags or unsupported else prompt), loras
 
     def build_request(self, *, prompt: str, negative_prompt: str = "", preset: str | None = None,
                       sampler: str | None = None, schedule_type: str | None = None, steps: int | None = None,

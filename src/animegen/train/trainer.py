@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from animegen.core.files import atomic_write
 from animegen.core.seeds import derive_seed
 from animegen.models.family import family_of
 from animegen.models.loading import dtype_by_name
@@ -501,7 +502,7 @@ def train(config: TrainConfig, resume: bool = False, *, stop_at: int | None = No
             result = Trainer(stage).run(resume=resume and bool(list_checkpoints(out)), stop_at=stop_at)
             if not result.finished:
                 return result
-            (out / "export" / "DONE").write_text("ok")
+            atomic_write(out / "export" / "DONE", "ok")
         base = str(out / "export" / f"{stage.export.name}_diffusers")
     assert result is not None
     return result
