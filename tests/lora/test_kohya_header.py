@@ -33,7 +33,7 @@ def test_trainer_export_and_plain_write_agree_on_shared_keys(tmp_path, kind, tar
                            "export": {"formats": ["kohya"], "dtype": "fp32"}})
     pipe = build_tiny_pipeline("sd15", seed=0)
     modules = prepare_models(pipe, cfg.adapter, gradient_checkpointing=False)
-    meta = kohya_metadata(cfg, is_sdxl=False, steps=1, num_images=1, started_at=0.0)
+    meta = kohya_metadata(cfg, family="sd1", steps=1, num_images=1, started_at=0.0)
     trained = _header(export_adapters(modules, cfg, tmp_path / "export", meta)["kohya"])
     plain = _header(write_lora(read_lora(tmp_path / "export" / "model.safetensors"), tmp_path / "plain.safetensors"))
 
@@ -58,7 +58,7 @@ def test_base_model_version_is_the_familys_with_kohyas_v_suffix(family, v_pred, 
     assert meta["ss_base_model_version"] == version
     assert meta["ss_v2"] == str(family is SD2)
     cfg = validate_config({"model": {"prediction_type": "v_prediction" if v_pred else "epsilon"}})
-    trained = kohya_metadata(cfg, is_sdxl=family.is_sdxl, family=family, steps=1, num_images=1, started_at=0.0)
+    trained = kohya_metadata(cfg, family=family, steps=1, num_images=1, started_at=0.0)
     assert trained["ss_base_model_version"] == version
 
 

@@ -73,7 +73,7 @@ def test_exported_adapter_equals_trained_model(tmp_path, kind, targets, te):
 def test_kohya_metadata_has_training_settings():
     cfg = validate_config({"adapter": {"kind": "loha", "rank": 8, "alpha": 4}, "optimizer": {"name": "prodigy"},
                            "train": {"max_steps": 100}, "loss": {"min_snr_gamma": 5}})
-    meta = kohya_metadata(cfg, is_sdxl=True, steps=100, num_images=28, started_at=0.0)
+    meta = kohya_metadata(cfg, family="sdxl", steps=100, num_images=28, started_at=0.0)
     assert meta["ss_network_module"] == "lycoris.kohya" and '"algo": "loha"' in meta["ss_network_args"]
     assert meta["ss_network_dim"] == "8" and meta["ss_network_alpha"] == "4.0"
     assert meta["ss_base_model_version"].startswith("sdxl") and meta["ss_optimizer"] == "prodigy"

@@ -77,5 +77,5 @@ def test_kohya_metadata_records_the_token_length(max_chunks, expected):
     from animegen.train.export import kohya_metadata
 
     cfg = validate_config({"data": {"max_chunks": max_chunks}})
-    meta = kohya_metadata(cfg, is_sdxl=False, steps=1, num_images=1, started_at=0.0, tag_frequency={})
+    meta = kohya_metadata(cfg, family="sd1", steps=1, num_images=1, started_at=0.0, tag_frequency={})
     assert meta["ss_max_token_length"] == expected

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from animegen.models.family import family_of
 from animegen.train.config import AdapterSection
 
 UNET_CROSS_ATTN = ["attn2.to_k", "attn2.to_v"]  # where the text enters: changes follow the prompt
@@ -75,12 +76,10 @@ def attach(model: torch.nn.Module, cfg: AdapterSection, targets: list[str], feed
 
 def prepare_models(pipe, cfg: AdapterSection, gradient_checkpointing: bool) -> dict[str, torch.nn.Module]:
     """Set up every component for training; returns {component name: module} of those that train."""
-    for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
-        module = getattr(pipe, name, None)
-        if module is not None:
-            module.requires_grad_(False)
+    text_encoders = family_of(pipe).components
+    for name in ("vae", "unet", *text_encoders):
+        getattr(pipe, name).requires_grad_(False)
     trained: dict[str, torch.nn.Module] = {}
-    text_encoders = [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
     if cfg.kind == "full":
         if cfg.train_unet:
             pipe.unet.requires_grad_(True)

@@ -18,11 +18,10 @@ from typing import Any
 import torch
 
 from animegen.core.files import atomic_dir
-from animegen.models.family import SD1, SDXL, ModelFamily, get_family
+from animegen.models.family import ModelFamily, get_family
 from animegen.models.loading import dtype_by_name
 from animegen.train.config import TrainConfig
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 # adapter kinds the trainer offers that are stored as another LoRA algorithm (`models.lora.algorithms`)
 _LORA_KIND = {"locon": "lora", "dora": "lora"}
 
@@ -109,19 +108,18 @@ def adapters_to_lora_file(modules: dict[str, torch.nn.Module], kind: str, metada
     return LoraFile(out, dict(metadata or {}))
 
 
-def kohya_metadata(config: TrainConfig, *, is_sdxl: bool, steps: int, num_images: int,
-                   started_at: float, tag_frequency: dict[str, dict[str, int]] | None = None,
-                   family: ModelFamily | str | None = None) -> dict[str, str]:
+def kohya_metadata(config: TrainConfig, *, family: ModelFamily | str, steps: int, num_images: int,
+                   started_at: float, tag_frequency: dict[str, dict[str, int]] | None = None) -> dict[str, str]:
     """The `ss_*` header keys kohya sd-scripts writes, so A1111/Civitai tools show the training settings.
 
     The network keys come from `models.lora.kohya_header.network_metadata`, the builder `write_lora`
     uses too, given what was trained (kind, rank, alpha); the training keys are added on top.
-    `family` (default: SDXL if `is_sdxl` else SD1) gives ``ss_base_model_version``.
+    `family` (a `ModelFamily` or its name) gives ``ss_base_model_version``.
     """
     from animegen.models.lora.kohya_header import network_metadata
 
     a, o, d, t = config.adapter, config.optimizer, config.data, config.train
-    family = get_family(family) if family is not None else SDXL if is_sdxl else SD1
+    family = get_family(family)
     conv = a.kind == "locon" or a.targets == "attention_ff_conv"
     v_prediction = config.model.prediction_type == "v_prediction"
     meta = network_metadata(

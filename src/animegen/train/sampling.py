@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from animegen.models.family import family_of
 from animegen.train.config import SampleSection, TrainConfig
 from animegen.train.loss import sample_generator
 
@@ -43,7 +44,7 @@ def write_samples(pipe, cfg: SampleSection, model_name: str, out_dir: Path, step
 
     generator = Generator(model_name, pipe=pipe)
     paths = []
-    modules = [m for m in (getattr(pipe, n, None) for n in ("unet", "text_encoder", "text_encoder_2")) if m]
+    modules = [getattr(pipe, n) for n in ("unet", *family_of(pipe).components)]
     with frozen_eval(modules):
         for i, prompt in enumerate(cfg.prompts):
             request = GenerationRequest(prompt=prompt, negative_prompt=cfg.negative_prompt, sampler=cfg.sampler,

@@ -147,7 +147,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # adapter initialisation (e.g. LoRA's kaiming A) is then reproducible
         self.trained = adapters_mod.prepare_models(self.pipe, cfg.adapter, cfg.train.gradient_checkpointing)
         full = cfg.adapter.kind == "full"
-        for name in ("vae", "unet", "text_encoder", "text_encoder_2"):
+        for name in ("vae", "unet", *self.family.components):
             module = getattr(self.pipe, name, None)
             if module is None:
                 continue
@@ -188,9 +188,8 @@ class Trainer:
         self.unet_eval = self.pipe.unet
         self.unet_train = self.wrapped.get("unet", self.pipe.unet)
         self.pipe.unet.train("unet" in self.trained)
-        for n in ("text_encoder", "text_encoder_2"):
-            if getattr(self.pipe, n, None) is not None:
-                getattr(self.pipe, n).train(n in self.trained)
+        for n in self.family.components:
+            getattr(self.pipe, n).train(n in self.trained)
         self.pipe.vae.eval()
 
     # ------------------------------------------------------------------ data -> tensors
@@ -457,7 +456,7 @@ class Trainer:
             return {}
         cfg = self.config
         concept = [it for it in self.data.train if not it.is_reg]
-        meta = kohya_metadata(cfg, is_sdxl=self.is_sdxl, family=self.family, steps=cfg.train.max_steps,
+        meta = kohya_metadata(cfg, family=self.family, steps=cfg.train.max_steps,
                               num_images=len(concept), started_at=started, tag_frequency=tag_frequency(concept))
         meta["ss_num_reg_images"] = str(len(self.data.train) - len(concept))
         meta["ss_prior_loss_weight"] = str(cfg.loss.prior_loss_weight)
