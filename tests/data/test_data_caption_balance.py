@@ -134,6 +134,61 @@ def test_resample_repeats_sum_and_proportion():
     assert resample_repeats([0.5] * 10 + [2.0] * 2, 7, seed=1) == reps  # deterministic
 
 
+# 20,000 images over the 9 default buckets, shaped like DashAnime's scrape ("1girl" dominates): issue #12 item 7.
+DASHANIME_SHAPE = {"1girl_emotion": 7000, "1girl": 6000, "1boy_emotion": 800, "1boy": 1000, "multiple_girls": 1500,
+                   "multiple_boys": 600, "animal": 300, "object": 500, "no_humans": 2300}
+
+
+def _bucket_totals_vs_shares(shape, target, seed, **weight_args):
+    weights = bucket_weights(shape, **weight_args)
+    groups = [name for name, n in shape.items() for _ in range(n)]
+    reps = resample_repeats([weights[g] for g in groups], target, seed, groups)
+    totals = dict.fromkeys(shape, 0)
+    for g, r in zip(groups, reps):
+        totals[g] += r
+    weighted = {name: weights[name] * n for name, n in shape.items()}
+    shares = {name: target * weighted[name] / sum(weighted.values()) for name in shape}
+    return reps, totals, shares
+
+
+def test_resample_rounds_per_bucket_not_per_image():
+    reps, totals, shares = _bucket_totals_vs_shares(DASHANIME_SHAPE, 11000, seed=0)
+    assert sum(reps) == 11000 and min(reps) >= 0
+    assert totals["1girl_emotion"] > 0 and totals["1girl"] > 0
+    assert all(abs(totals[b] - shares[b]) < 1 for b in DASHANIME_SHAPE), (totals, shares)
+    groups = [g for g, n in DASHANIME_SHAPE.items() for _ in range(n)]
+    for name in DASHANIME_SHAPE:  # spread evenly inside a bucket: all its weights are equal
+        mine = [r for r, g in zip(reps, groups) if g == name]
+        assert max(mine) - min(mine) <= 1, name
+
+
+@pytest.mark.parametrize("target", [0, 9, 1000, 5000, 9000, 11000, 20000, 33333])
+@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("strength, max_weight", [(1.0, 10.0), (0.5, 10.0), (1.0, 2.0)])
+def test_resample_bucket_totals_hit_their_share(target, seed, strength, max_weight):
+    reps, totals, shares = _bucket_totals_vs_shares(DASHANIME_SHAPE, target, seed, strength=strength,
+                                                    max_weight=max_weight)
+    assert sum(reps) == target
+    for b in DASHANIME_SHAPE:
+        assert abs(totals[b] - shares[b]) < 1, (b, totals[b], shares[b])
+        assert totals[b] > 0 or shares[b] < 1, (b, totals[b], shares[b])
+    assert reps == _bucket_totals_vs_shares(DASHANIME_SHAPE, target, seed, strength=strength,
+                                            max_weight=max_weight)[0]  # deterministic for a seed
+
+
+def test_balance_dataset_target_size_gives_every_bucket_its_share(tmp_path):
+    ds = _mini_dataset(tmp_path, 6)  # 3 + 2 + 1 images: weighted, each bucket's share of 3 is exactly 1
+    with Manifest(ds) as m:
+        tags = [["1girl", "smile"]] * 3 + [["1boy"]] * 2 + [["no humans"]]
+        for r, t in zip(sorted(m, key=lambda r: r.width), tags):
+            r.tags = t
+            m.put(r)
+    rep = balance_dataset(ds, target_size=3, chart=False)
+    after = {b.name: b.after for b in rep.buckets if b.images}
+    assert after == {"1girl_emotion": 1, "1boy": 1, "no_humans": 1}  # per image: 1boy got 2, 1girl 0
+    assert sum(r.repeats for r in load_manifest(ds)) == 3
+
+
 def test_rules_toml(tmp_path):
     p = tmp_path / "r.toml"
     p.write_text('fallback = "misc"\n[[buckets]]\nname = "hair"\nany = ["long_hair"]\n')

@@ -4,6 +4,8 @@ DashAnime's observation: a scraped anime set is dominated by "1girl"; re-weighti
 the median bucket size lets the long tail (boys, animals, objects, scenery) be learned. Rules are evaluated
 in order and the first match wins, so every image lands in exactly one bucket (the fallback catches the
 rest). A bucket of n images gets weight (median / n) ** strength, clipped to [min_weight, max_weight].
+With `target_size`, integer repeats are rounded per bucket (each bucket's total within 1 image of its share,
+summing to the target exactly), never per image: see `resample_repeats`.
 """
 
 from __future__ import annotations
@@ -120,20 +122,49 @@ def bucket_weights(counts: dict[str, int], *, strength: float = 1.0, min_weight:
             for k, n in counts.items()}
 
 
-def resample_repeats(weights: Sequence[float], target: int, seed: int = 0) -> list[int]:
-    """Integer repeats summing to `target`, proportional to weights (largest remainder, seeded tie-break)."""
+def _largest_remainder(shares: np.ndarray, total: int, rng: random.Random) -> np.ndarray:
+    """Integers summing to `total`, each within 1 of its share (Hamilton's method; ties in a seeded order)."""
+    base = np.floor(shares).astype(np.int64)
+    order = list(range(len(shares)))
+    rng.shuffle(order)
+    order.sort(key=lambda i: -(shares[i] - base[i]))  # stable: ties keep the shuffled order
+    for i in order[:total - int(base.sum())]:
+        base[i] += 1
+    return base
+
+
+def resample_repeats(weights: Sequence[float], target: int, seed: int = 0,
+                     groups: Sequence[str] | None = None) -> list[int]:
+    """Integer repeats summing to `target` exactly, proportional to weights.
+
+    With `groups` (one bucket name per image) rounding happens at the bucket level first: every image of a
+    bucket has the same remainder, so rounding per image rounds whole buckets up or down together (20,000
+    DashAnime-shaped images at target 11,000 gave both "1girl" buckets 0). Each bucket's integer total is its
+    share by largest remainder (so within 1 of it: a share >= 1 never gets 0), then spread over the bucket's
+    images by largest remainder again (equal weights: an even spread, the seed picks which get the +1).
+    Largest remainder rather than seeded stochastic rounding: it is deterministic up to ties, and a bucket
+    total is never more than 1 off its share whatever the seed. A share in [0.5, 1) may still round to 0 when
+    many such shares compete for too few images (five shares of 0.6 cannot all get 1 out of 3).
+    """
     w = np.asarray(weights, dtype=np.float64)
     if target < 0 or w.sum() <= 0:
         raise ValueError("resample needs a target >= 0 and at least one positive weight")
+    rng = random.Random(seed)
     expected = w * target / w.sum()
-    base = np.floor(expected).astype(np.int64)
-    left = target - int(base.sum())
-    order = list(range(len(w)))
-    random.Random(seed).shuffle(order)
-    order.sort(key=lambda i: -(expected[i] - base[i]))  # stable: ties keep the shuffled order
-    for i in order[:left]:
-        base[i] += 1
-    return base.tolist()
+    if groups is None:
+        return _largest_remainder(expected, target, rng).tolist()
+    names = list(dict.fromkeys(groups))
+    members = {name: [] for name in names}
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    totals = _largest_remainder(np.array([expected[members[n]].sum() for n in names]), target, rng)
+    repeats = np.zeros(len(w), dtype=np.int64)
+    for name, total in zip(names, totals):
+        idx = members[name]
+        share = expected[idx]
+        inside = share * total / share.sum() if share.sum() > 0 else share  # the bucket's total, by weight
+        repeats[idx] = _largest_remainder(inside, int(total), rng)
+    return repeats.tolist()
 
 
 @dataclass
@@ -199,7 +230,8 @@ def balance_dataset(
         for b in buckets.values():
             counts[b] += 1
         weights = bucket_weights(counts, strength=strength, min_weight=min_weight, max_weight=max_weight)
-        repeats = resample_repeats([weights[buckets[r.path]] for r in rows], target_size, seed) \
+        repeats = resample_repeats([weights[buckets[r.path]] for r in rows], target_size, seed,
+                                   [buckets[r.path] for r in rows]) \
             if target_size is not None and rows else None
         after = {name: 0.0 for name in order}
         for i, r in enumerate(rows):
