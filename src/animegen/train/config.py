@@ -3,6 +3,10 @@
 Every option has exactly one name: the TOML key `optimizer.lr` is also the CLI override
 `--set optimizer.lr=1e-4`. Validation (pydantic v2, `extra="forbid"`) happens before any model is
 loaded, and every error names the offending key and, for choices, the valid values.
+
+Settings that belong to the base model (`model.prediction_type`, `model.zero_terminal_snr`) are
+"unset = inherit": left out (or "auto"), training follows the base, as kohya does for v-pred/ZTSNR
+checkpoints read by A1111/Forge/ComfyUI; a value in the config overrides the base.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ class ModelSection(_Section):
     base: str = Field("", description="Hub id, diffusers folder or A1111 single .safetensors to fine-tune.")
     vae: str | None = None
     allow_pickle: bool = False
-    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
-    zero_terminal_snr: bool = False
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = Field("auto", description=(
+        "What the UNet predicts. 'auto' (the default) = the base model's own: its scheduler config "
+        "(diffusers folder) or its `v_pred` marker key (single file, e.g. NoobAI-XL v-pred)."))
+    zero_terminal_snr: bool | None = Field(None, description=(
+        "Rescale the betas so the last timestep is pure noise (Lin et al. 2023). Unset (the default) = the "
+        "base model's own: `rescale_betas_zero_snr` in its scheduler config or its `ztsnr` marker key; "
+        "true/false overrides it."))
 
 
 class AdapterSection(_Section):

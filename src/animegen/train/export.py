@@ -109,19 +109,25 @@ def adapters_to_lora_file(modules: dict[str, torch.nn.Module], kind: str, metada
 
 
 def kohya_metadata(config: TrainConfig, *, family: ModelFamily | str, steps: int, num_images: int,
-                   started_at: float, tag_frequency: dict[str, dict[str, int]] | None = None) -> dict[str, str]:
+                   started_at: float, tag_frequency: dict[str, dict[str, int]] | None = None,
+                   v_prediction: bool | None = None, zero_terminal_snr: bool | None = None) -> dict[str, str]:
     """The `ss_*` header keys kohya sd-scripts writes, so A1111/Civitai tools show the training settings.
 
     The network keys come from `models.lora.kohya_header.network_metadata`, the builder `write_lora`
     uses too, given what was trained (kind, rank, alpha); the training keys are added on top.
-    `family` (a `ModelFamily` or its name) gives ``ss_base_model_version``.
+    `family` (a `ModelFamily` or its name) gives ``ss_base_model_version``. `v_prediction` and
+    `zero_terminal_snr` are what the run trained with (the trainer's noise scheduler, which may have
+    inherited them from the base); left None, the config's explicit values are recorded.
     """
     from animegen.models.lora.kohya_header import network_metadata
 
     a, o, d, t = config.adapter, config.optimizer, config.data, config.train
     family = get_family(family)
     conv = a.kind == "locon" or a.targets == "attention_ff_conv"
-    v_prediction = config.model.prediction_type == "v_prediction"
+    if v_prediction is None:
+        v_prediction = config.model.prediction_type == "v_prediction"
+    if zero_terminal_snr is None:
+        zero_terminal_snr = bool(config.model.zero_terminal_snr)
     meta = network_metadata(
         kinds=[_LORA_KIND.get(a.kind, a.kind)], dim=a.rank, alpha=a.alpha, family=family,
         v_prediction=v_prediction, conv_dim=a.rank if conv else None, conv_alpha=a.alpha if conv else None,
@@ -129,7 +135,7 @@ def kohya_metadata(config: TrainConfig, *, family: ModelFamily | str, steps: int
     meta |= {
         "ss_network_dropout": str(a.dropout),
         "ss_v_parameterization": str(v_prediction),
-        "ss_zero_terminal_snr": str(config.model.zero_terminal_snr),
+        "ss_zero_terminal_snr": str(zero_terminal_snr),
         "ss_sd_model_name": Path(config.model.base).name or config.model.base,
         "ss_output_name": config.export.name,
         "ss_learning_rate": str(o.lr),

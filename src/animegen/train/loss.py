@@ -20,14 +20,16 @@ def sample_generator(seed: int, step: int, slot: int) -> torch.Generator:
     return g
 
 
-def make_noise_scheduler(base_scheduler_config: dict, prediction_type: str, zero_terminal_snr: bool):
-    """A DDPM training scheduler with the base model's betas (rescaled for zero terminal SNR if asked)."""
+def make_noise_scheduler(base_scheduler_config: dict, prediction_type: str, zero_terminal_snr: bool | None):
+    """A DDPM training scheduler with the base model's betas, target and zero-terminal-SNR rescaling;
+    `prediction_type` other than "auto" and a `zero_terminal_snr` other than None override the base's."""
     from diffusers import DDPMScheduler
 
     config = {k: v for k, v in dict(base_scheduler_config).items() if not k.startswith("_")}
     if prediction_type != "auto":
         config["prediction_type"] = prediction_type
-    config["rescale_betas_zero_snr"] = zero_terminal_snr
+    if zero_terminal_snr is not None:
+        config["rescale_betas_zero_snr"] = zero_terminal_snr
     return DDPMScheduler.from_config(config)
 
 

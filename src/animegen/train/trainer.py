@@ -139,11 +139,11 @@ class Trainer:
         self.is_sdxl = self.family.is_sdxl  # pooled text + size/crop conditioning
         self.noise_scheduler = make_noise_scheduler(self.pipe.scheduler.config, cfg.model.prediction_type,
                                                     cfg.model.zero_terminal_snr)
-        if cfg.model.prediction_type != "auto" or cfg.model.zero_terminal_snr:
+        if cfg.model.prediction_type != "auto" or cfg.model.zero_terminal_snr is not None:
             # sampling must use the same parameterisation/betas the model is being trained for
             self.pipe.scheduler = self.pipe.scheduler.from_config(
                 self.pipe.scheduler.config, prediction_type=self.noise_scheduler.config.prediction_type,
-                rescale_betas_zero_snr=cfg.model.zero_terminal_snr)
+                rescale_betas_zero_snr=self.noise_scheduler.config.rescale_betas_zero_snr)
         torch.manual_seed(cfg.train.seed)  # adapter initialisation (e.g. LoRA's kaiming A) is then reproducible
         self.trained = adapters_mod.prepare_models(self.pipe, cfg.adapter, cfg.train.gradient_checkpointing)
         full = cfg.adapter.kind == "full"
@@ -456,8 +456,11 @@ class Trainer:
             return {}
         cfg = self.config
         concept = [it for it in self.data.train if not it.is_reg]
+        trained_with = self.noise_scheduler.config  # the base's schedule unless the config overrode it
         meta = kohya_metadata(cfg, family=self.family, steps=cfg.train.max_steps,
-                              num_images=len(concept), started_at=started, tag_frequency=tag_frequency(concept))
+                              num_images=len(concept), started_at=started, tag_frequency=tag_frequency(concept),
+                              v_prediction=trained_with.prediction_type == "v_prediction",
+                              zero_terminal_snr=bool(trained_with.rescale_betas_zero_snr))
         meta["ss_num_reg_images"] = str(len(self.data.train) - len(concept))
         meta["ss_prior_loss_weight"] = str(cfg.loss.prior_loss_weight)
         out = self.output_dir / "export"
