@@ -131,19 +131,12 @@ class Generator:
     def _prepare_loras(self, resolved: ResolvedRequest) -> tuple[str, str, list[tuple[str, Path, Any]]]:
         """Strip every `<name:...>` tag from the prompt (as A1111), collect every LoRA (its multiplier a float
         or A1111's te/unet split), warn about other networks, and return the recorded prompt too."""
-        import logging
-
         from animegen.prompts.parser import parse_extra_networks
 
-        clean_prompt, tags, unsupported = parse_extra_networks(resolved.prompt)
-        log = logging.getLogger(__name__)
-        for tag in unsupported:
-            log.warning("ignoring %s: animegen applies only <lora:...> / <lyco:...> extra networks", tag)
-        for t in tags:
-            if t.dyn is not None:
-                log.warning("ignoring dyn=%d of <lora:%s>: animegen merges a LoRA at its full rank", t.dyn, t.name)
-        recorded = resolved.prompt
-        loras = [(t.name, self.resolve_lora(t.name, allow_path=False), t.multiplier) for t in tags]
+        networks = parse_extra_networks(resolved.prompt)
+        networks.warn_ignored()
+        clean_prompt, recorded = networks.text, resolved.prompt
+        loras = [(t.name, self.resolve_lora(t.name, allow_path=False), t.multiplier) for t in networks.loras]
         for ref, weight in resolved.loras:
             path = self.resolve_lora(ref)
             self._known_loras.setdefault(path.stem, path)

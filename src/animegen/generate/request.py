@@ -73,18 +73,14 @@ class GenerationRequest:
             lora_multiplier(name, weight)
 
 
-LORA_COMPONENTS = ("text_encoder", "unet")
-
-
 def lora_multiplier(name: str, weight) -> float | dict[str, float]:
-    """A request's LoRA multiplier, checked: a number, or {"text_encoder": te, "unet": unet} (A1111's split)."""
-    if isinstance(weight, (int, float)) and not isinstance(weight, bool):
-        return float(weight)
-    if isinstance(weight, dict) and weight and set(weight) <= set(LORA_COMPONENTS) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in weight.values()):
-        return {k: float(v) for k, v in weight.items()}
-    raise ValueError(f"LoRA {name!r} weight must be a number or {{'text_encoder': te, 'unet': unet}}, "
-                     f"got {weight!r}")
+    """A request's LoRA multiplier, checked by the merge's own rule (`models.lora.apply.check_multiplier`)."""
+    from animegen.models.lora.apply import check_multiplier
+
+    try:
+        return check_multiplier(weight)
+    except AnimegenError as exc:
+        raise AnimegenError(f"LoRA {name!r}: {exc}") from None
 
 
 def lora_tag_text(name: str, weight: float | dict[str, float]) -> str:

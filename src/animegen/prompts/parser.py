@@ -33,6 +33,7 @@ Where we deliberately differ from A1111, each where A1111 produces garbage or fa
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import NamedTuple
 
@@ -158,6 +159,15 @@ class ExtraNetworks(NamedTuple):
     text: str
     loras: list[LoraTag]
     unsupported: list[ExtraNetworkTag]
+
+    def warn_ignored(self) -> None:
+        """Log what the prompt asked for that animegen does not apply (other networks, LoRA `dyn=`)."""
+        log = logging.getLogger(__name__)
+        for tag in self.unsupported:
+            log.warning("ignoring %s: animegen applies only <lora:...> / <lyco:...> extra networks", tag)
+        for tag in self.loras:
+            if tag.dyn is not None:
+                log.warning("ignoring dyn=%d of <lora:%s>: animegen merges a LoRA at its full rank", tag.dyn, tag.name)
 
 
 def parse_extra_networks(prompt: str) -> ExtraNetworks:

@@ -200,11 +200,10 @@ class ServeService:
         """
         from animegen.prompts.parser import parse_extra_networks
 
-        clean, tags, unsupported = parse_extra_networks(prompt)
-        for tag in unsupported:
-            log.warning("ignoring %s: animegen applies only <lora:...> / <lyco:...> extra networks", tag)
+        networks = parse_extra_networks(prompt)
+        networks.warn_ignored()
         loras = []
-        for tag in tags:
+        for tag in networks.loras:
             try:
                 entry = self.catalog.find_lora(tag.name)
             except UnsafeNameError as exc:
@@ -212,7 +211,7 @@ class ServeService:
             except NotFoundError as exc:
                 raise RequestError("prompt", str(exc), status=404) from None
             loras.append((str(entry.path), tag.multiplier))
-        return (clean if tags or unsupported else prompt), loras
+        return (networks.text if networks.loras or networks.unsupported else prompt), loras
 
     def build_request(self, *, prompt: str, negative_prompt: str = "", preset: str | None = None,
                       sampler: str | None = None, schedule_type: str | None = None, steps: int | None = None,

@@ -9,6 +9,7 @@ Both refresh fused attention projections (`fused.py`) themselves, so callers nev
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -55,21 +56,39 @@ def _as_lora_file(item) -> LoraFile:
     return item if isinstance(item, LoraFile) else read_lora(Path(item))
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_multiplier(multiplier) -> float | dict[str, float]:
+    """A LoRA multiplier, checked and normalised: a finite number, or finite numbers per component
+    (A1111's te/unet split, ``{"text_encoder": te, "unet": unet}``). The one definition every front end
+    (requests, prompt tags) and `apply_loras` use; a NaN weight would blacken every image."""
+    if _is_number(multiplier):
+        value = float(multiplier)
+    elif isinstance(multiplier, Mapping) and multiplier and all(_is_number(v) for v in multiplier.values()):
+        unknown = sorted(set(multiplier) - set(COMPONENTS))
+        if unknown:
+            raise AnimegenError(f"LoRA multiplier names unknown component(s) {unknown}: use "
+                                f"{', '.join(COMPONENTS)}")
+        value = {str(k): float(v) for k, v in multiplier.items()}
+    else:
+        raise AnimegenError(f"LoRA weight must be a number or {{'text_encoder': te, 'unet': unet}}, "
+                            f"got {multiplier!r}")
+    if not all(math.isfinite(v) for v in (value.values() if isinstance(value, dict) else [value])):
+        raise AnimegenError(f"LoRA weight {multiplier!r} is not a finite number; give e.g. 0.8")
+    return value
+
+
 def _component_multipliers(multiplier: float | Mapping[str, float]) -> Callable[[str], float]:
     """Multiplier per module target: one float for all, or A1111's te/unet split as {component: float}.
 
     ``text_encoder`` also covers ``text_encoder_2`` unless that is given; a component left out is not merged.
     """
-    values = multiplier.values() if isinstance(multiplier, Mapping) else [multiplier]
-    if not all(math.isfinite(float(v)) for v in values):  # a NaN weight would blacken every image
-        raise AnimegenError(f"LoRA weight {multiplier!r} is not a finite number; give e.g. 0.8")
-    if not isinstance(multiplier, Mapping):
-        value = float(multiplier)
-        return lambda target: value
-    unknown = sorted(set(multiplier) - set(COMPONENTS))
-    if unknown:
-        raise ValueError(f"LoRA multiplier names unknown component(s) {unknown}: use {', '.join(COMPONENTS)}")
-    per = {c: float(multiplier.get(c, multiplier.get("text_encoder", 0.0) if c in TEXT_COMPONENTS else 0.0))
+    multiplier = check_multiplier(multiplier)
+    if not isinstance(multiplier, dict):
+        return lambda target: multiplier
+    per = {c: multiplier.get(c, multiplier.get("text_encoder", 0.0) if c in TEXT_COMPONENTS else 0.0)
            for c in COMPONENTS}
     return lambda target: per[split_target(target)[0]]
 
