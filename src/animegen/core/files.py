@@ -289,6 +289,12 @@ class WeightsFileError(AnimegenError):
     """A weights file that exists but cannot be read (truncated, foreign, or holding code)."""
 
 
+def refuse_pickle_unless_allowed(path: str | os.PathLike, allow_pickle: bool) -> None:
+    """The policy's gate by file type, for callers that check before any loading work starts."""
+    if not allow_pickle and Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        raise PickleRefusedError(path)
+
+
 def load_torch_file(path: str | os.PathLike, *, allow_pickle: bool, map_location="cpu"):
     """`torch.load` under the pickle policy: refused unless allowed, then always `weights_only=True`."""
     path = Path(path)
@@ -359,6 +365,7 @@ __all__ = [
     "load_torch_file",
     "read_safetensors",
     "read_weights",
+    "refuse_pickle_unless_allowed",
     "sha256_file",
     "writable_folder",
 ]

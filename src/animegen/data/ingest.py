@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from animegen.core.files import IMAGE_EXTENSIONS, atomic_write, sha256_file
+from animegen.core.files import atomic_write, is_image_file, sha256_file
 from animegen.data.image_io import (
     DEFAULT_MAX_PIXELS,
     ImageError,
@@ -74,7 +74,7 @@ def scan_sources(sources: Sequence[str | Path], *, exclude: Iterable[str | Path]
                 continue
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in files:
-                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
+                if is_image_file(name) and not name.startswith("."):
                     found.add(root_path / name)
     return sorted(found)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from animegen.core.files import IMAGE_EXTENSIONS, atomic_path, cache_root, sha256_file
+from animegen.core.files import IMAGE_EXTENSIONS, atomic_path, cache_root, is_image_file, sha256_file
 from animegen.evaluate.inception import INPUT_SIZE
 from animegen.evaluate.metrics import MetricError, check_features
 
@@ -54,7 +54,7 @@ def list_images(folder: str | Path) -> list[Path]:
     if folder.is_file():
         raise MetricError(f"'{folder}' is a file; pass a folder of images")
     found = [p for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+             if p.is_file() and is_image_file(p)
              and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     if not found:
         raise MetricError(f"'{folder}' contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from animegen.core.errors import AnimegenError
-from animegen.core.files import PICKLE_SUFFIXES, PickleRefusedError, sha256_file
+from animegen.core.files import PICKLE_SUFFIXES, PickleRefusedError, refuse_pickle_unless_allowed, sha256_file
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
@@ -184,8 +184,7 @@ def load_vae(vae: str | os.PathLike, dtype: torch.dtype, allow_pickle: bool = Fa
             raise ModelLoadError(f"VAE folder {path} has neither config.json nor vae/config.json")
         return AutoencoderKL.from_pretrained(path, subfolder=sub, dtype=dtype, local_files_only=True)
     if path.is_file():
-        if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
-            raise PickleRefusedError(path)
+        refuse_pickle_unless_allowed(path, allow_pickle)
         from animegen.models.single_file import load_vae_file
 
         return load_vae_file(path, allow_pickle=allow_pickle, dtype=dtype, family=family)
@@ -206,16 +205,15 @@ def load_pipeline(model: str | os.PathLike, *, vae: str | os.PathLike | None = N
         pipe = _load_folder(Path(source.location), torch_dtype, allow_pickle=allow_pickle)
     elif source.kind == "single_file":
         path = Path(source.location)
-        if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
-            raise PickleRefusedError(path)
+        refuse_pickle_unless_allowed(path, allow_pickle)
         if path.suffix not in (".safetensors", *PICKLE_SUFFIXES):
             raise ModelLoadError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors")
         from animegen.models.single_file import load_single_file
 
         if vae is not None and not Path(vae).expanduser().exists():
             raise ModelLoadError(f"VAE {str(vae)!r} not found: give a VAE folder or a .safetensors VAE file")
-        if vae is not None and Path(vae).suffix in PICKLE_SUFFIXES and not allow_pickle:
-            raise PickleRefusedError(Path(vae))
+        if vae is not None:
+            refuse_pickle_unless_allowed(vae, allow_pickle)
         # the VAE goes in at load time (with the checkpoint's family) so a VAE-less checkpoint still loads
         pipe = load_single_file(path, allow_pickle=allow_pickle, dtype=torch_dtype, vae=vae)
         vae = None

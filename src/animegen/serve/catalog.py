@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 from animegen.core.errors import AnimegenError
 
 SAFE_WEIGHT_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
 class UnsafeNameError(AnimegenError):

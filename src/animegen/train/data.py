@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from animegen.core.errors import AnimegenError
-from animegen.core.files import IMAGE_EXTENSIONS
+from animegen.core.files import IMAGE_EXTENSIONS, is_image_file
 from animegen.core.seeds import derive_rng, derive_unit
 from animegen.train.config import DataSection, DatasetEntry
 
@@ -85,14 +85,14 @@ def _read_kohya(root: Path, entry: DatasetEntry, index: int) -> list[Item]:
         head = sub.name.split("_", 1)[0]
         if head.isdigit():
             folders.append((sub, int(head)))
-    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir()):
+    if any(is_image_file(p) for p in root.iterdir()):
         folders.append((root, 1))
     if not folders:
         raise DataError(f"{root}: no images and no `N_name` repeat folders (e.g. `10_mychar/`) found")
     items: list[Item] = []
     for folder, n in folders:
         for img in sorted(folder.iterdir()):
-            if img.suffix.lower() not in IMAGE_EXTENSIONS:
+            if not is_image_file(img):
                 continue
             cap_file = img.with_suffix(entry.caption_extension)
             caption = cap_file.read_text(encoding="utf-8").strip() if cap_file.exists() else ""
