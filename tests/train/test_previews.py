@@ -57,8 +57,13 @@ def test_previews_leave_qkv_adapters_training_exactly_as_without_them(tmp_path, 
     assert all(before == after for before, after in trees)  # sampling swapped no module, parameter or scheduler
 
     a, b = load_file(plain.exported["kohya"]), load_file(previewed.exported["kohya"])
-    qkv = [k for k in a if "lora_up" in k and any(f"_to_{p}." in k for p in "qkv")]
-    assert qkv and all(float(a[k].abs().max()) > 0 for k in qkv)  # the q/k/v adapters learned something
+    # the q/k/v adapters learned something. Not the mid block's self-attention q/k: at 64 px its latent is
+    # 1x1, a softmax over one token is constant, so their gradient is exactly zero in exact arithmetic (and
+    # rounding noise, or nothing, depending on the machine's attention kernel)
+    one_token = tuple(f"mid_block_attentions_0_transformer_blocks_0_attn1_to_{p}." for p in "qk")
+    qkv = [k for k in a if "lora_up" in k and any(f"_to_{p}." in k for p in "qkv")
+           and not any(t in k for t in one_token)]
+    assert len(qkv) > 50 and all(float(a[k].abs().max()) > 0 for k in qkv)
     for k in a:  # and previews changed nothing of it
         assert torch.equal(a[k], b[k]), k
 
