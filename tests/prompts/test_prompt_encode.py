@@ -37,9 +37,8 @@ def diffusers_sd1(pipe, text, clip_skip=1):
     return embeds
 
 
-def diffusers_sdxl(pipe, text, clip_skip=1):
-    embeds, _, pooled, _ = pipe.encode_prompt(text, device="cpu", do_classifier_free_guidance=False,
-                                              clip_skip=None if clip_skip == 1 else clip_skip - 1)
+def diffusers_sdxl(pipe, text):
+    embeds, _, pooled, _ = pipe.encode_prompt(text, device="cpu", do_classifier_free_guidance=False)
     return embeds, pooled
 
 
@@ -63,11 +62,12 @@ def test_sd1_plain_prompt_equals_diffusers(sd15, clip_skip):
 
 @pytest.mark.parametrize("clip_skip", [1, 2])
 def test_sdxl_plain_prompt_equals_diffusers(sdxl, clip_skip):
+    # A1111's SDXL clip skip 1 and 2 are both diffusers' default, the penultimate layer (test_sdxl_clip_skip.py)
     cond = encode_prompts(sdxl, PROMPT, NEGATIVE, clip_skip=clip_skip)
-    embeds, pooled = diffusers_sdxl(sdxl, PROMPT, clip_skip)
+    embeds, pooled = diffusers_sdxl(sdxl, PROMPT)
     close(cond.prompt_embeds, embeds)
     close(cond.pooled_prompt_embeds, pooled)
-    neg_embeds, neg_pooled = diffusers_sdxl(sdxl, NEGATIVE, clip_skip)
+    neg_embeds, neg_pooled = diffusers_sdxl(sdxl, NEGATIVE)
     close(cond.negative_prompt_embeds, neg_embeds)
     close(cond.negative_pooled_prompt_embeds, neg_pooled)
     assert set(cond.as_pipeline_kwargs()) == {"prompt_embeds", "negative_prompt_embeds",

@@ -5,6 +5,16 @@ shapes. We start from the real released configs (shipped in `configs/`) and over
 reveal, so fine-tunes, pruned files and the tiny test models all load through the same code. Head
 counts cannot be read off weights; they follow the family rules (SD1: 8 heads per attention,
 SD2/SDXL: 64 channels per head, CLIP: 64 channels per head).
+
+Prediction type, in this order (A1111 1.10 `sd_models_config.py`, ComfyUI `supported_models.SD20`):
+1. the file says so: a `v_pred` key (A1111/ComfyUI convention) or `modelspec.prediction_type` metadata;
+2. SD1 and SDXL: epsilon; SD2 with other than 4 UNet input channels (inpainting, depth): epsilon;
+3. SD2 with 4 input channels: the keys cannot tell 512-base (epsilon) from 768-v, so `load_single_file` runs
+   A1111's UNet output test (`unet_v_prediction_score`) on the loaded UNet. Keys alone
+   (`detect_architecture`) report the shipped SD2 config's v-prediction, marked
+   `prediction_source="family default"`.
+Deliberately not followed: A1111's `<checkpoint>.yaml` beside the file (we read no LDM yaml configs);
+ComfyUI's weight-statistic heuristic (std of one norm bias > 0.09), which names a real-size block.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from animegen.models.ldm_names import UNET_PREFIX, VAE_PREFIX
 
 Family = Literal["sd1", "sd2", "sdxl"]
 PredictionType = Literal["epsilon", "v_prediction"]
+PredictionSource = Literal["file", "family default", "UNet output test"]
 
 _SDXL_TE2 = SDXL.text_encoder("text_encoder_2").ldm_weights_prefix
 
@@ -36,10 +47,16 @@ class ArchInfo:
     family: Family
     prediction_type: PredictionType
     in_channels: int = 4
+    prediction_source: PredictionSource = "family default"
     zero_terminal_snr: bool = False
     has_unet: bool = True
     has_vae: bool = True
     missing_text_encoders: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def needs_unet_test(self) -> bool:
+        """SD2 text-to-image with no prediction mark: only the UNet's output tells epsilon from v."""
+        return self.family == "sd2" and self.in_channels == 4 and self.prediction_source == "family default"
 
     @property
     def is_inpainting(self) -> bool:
@@ -113,8 +130,8 @@ def _missing(keys, te: TextEncoderSpec) -> list[str]:
 def detect_architecture(state_dict: Mapping, metadata: Mapping[str, str] | None = None) -> ArchInfo:
     """Family and prediction type of an LDM-layout state dict (raises CheckpointError if unsupported).
 
-    v-prediction: a `v_pred` key (A1111/ComfyUI convention) or `modelspec.prediction_type` metadata;
-    SD2 defaults to v-prediction (the 768 models). A `ztsnr` key marks zero-terminal-SNR training.
+    Prediction type: see the module docstring (SD2 text-to-image files without a mark need
+    `unet_v_prediction_score`, `ArchInfo.needs_unet_test`). A `ztsnr` key marks zero-terminal-SNR training.
     """
     keys = list(state_dict.keys())
     _reject_foreign(keys)
@@ -132,22 +149,44 @@ def detect_architecture(state_dict: Mapping, metadata: Mapping[str, str] | None 
             "(cond_stage_model.model.*) or SDXL (conditioner.embedders.1.model.*) keys; "
             f"found top-level keys {_sample(keys)}")
     missing = [m for te in FAMILIES[family].text_encoders for m in _missing(keys, te)]
+    conv_in = state_dict.get(f"{UNET_PREFIX}input_blocks.0.0.weight")
+    in_channels = int(conv_in.shape[1]) if conv_in is not None else 4
     prediction: PredictionType = FAMILIES[family].config("scheduler").get("prediction_type", "epsilon")
+    if in_channels != 4:  # SD2 inpainting / depth releases are epsilon (A1111, ComfyUI)
+        prediction = "epsilon"
+    source: PredictionSource = "family default"
     meta_pred = (metadata or {}).get("modelspec.prediction_type", "").lower()
     if "v_pred" in state_dict or meta_pred in ("v", "v_prediction", "v-prediction"):
-        prediction = "v_prediction"
+        prediction, source = "v_prediction", "file"
     elif meta_pred in ("epsilon", "eps"):
-        prediction = "epsilon"
-    conv_in = state_dict.get(f"{UNET_PREFIX}input_blocks.0.0.weight")
+        prediction, source = "epsilon", "file"
     return ArchInfo(
         family=family,
         prediction_type=prediction,
-        in_channels=int(conv_in.shape[1]) if conv_in is not None else 4,
+        prediction_source=source,
+        in_channels=in_channels,
         zero_terminal_snr="ztsnr" in state_dict,
         has_unet=conv_in is not None,
         has_vae=_has_prefix(keys, VAE_PREFIX + "decoder."),
         missing_text_encoders=tuple(missing),
     )
+
+
+V_PREDICTION_SCORE_BELOW = -1.0
+"""A1111's threshold: an SD2 UNet whose `unet_v_prediction_score` is below it predicts v."""
+
+
+def unet_v_prediction_score(unet) -> float:
+    """A1111's `is_using_v_parameterization_for_sd2` test on a diffusers UNet: mean(out - x) at t = 999 for
+    x = 0.5 (1, C, 8, 8) and a 2-token context of 0.5. Released SD2 768-v models score below -1, 512-base above."""
+    import torch
+
+    weight = next(unet.parameters())
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, dtype=weight.dtype, device=weight.device)
+    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([999], device=weight.device), encoder_hidden_states=context).sample
+    return float((out.float() - x.float()).mean())
 
 
 def family_config(family: Family, component: str) -> dict:
@@ -289,10 +328,15 @@ def infer_configs(state_dict: Mapping, arch: ArchInfo) -> dict[str, dict]:
     except KeyError as exc:
         raise CheckpointError(f"the {get_family(family).display_name} checkpoint lacks the weight {exc.args[0]!r}; "
                               "the file is incomplete or damaged") from None
-    scheduler = family_config(family, "scheduler")
+    out["scheduler"] = scheduler_config(arch)
+    return copy.deepcopy(out)
+
+
+def scheduler_config(arch: ArchInfo) -> dict:
+    """The family's shipped scheduler config with the checkpoint's prediction type and zero-terminal SNR."""
+    scheduler = family_config(arch.family, "scheduler")
     scheduler["prediction_type"] = arch.prediction_type
     if arch.zero_terminal_snr:
         scheduler["rescale_betas_zero_snr"] = True
         scheduler["timestep_spacing"] = "trailing"
-    out["scheduler"] = scheduler
-    return copy.deepcopy(out)
+    return scheduler

@@ -310,7 +310,8 @@ def text_encoder_module_map(family: str, component: str, text_config: Any) -> di
 # transformers 5 dropped the `text_model` module from `CLIPTextModel` (not from the projection variant), so
 # the same weight is `text_model.encoder.layers.0…` or `encoder.layers.0…` depending on the class and the
 # installed version. The canonical name (HF checkpoints, kohya and LoRA targets) has the level; code that
-# talks to a model converts with `text_path_for`.
+# talks to a model converts with `text_path_for`; checkpoints saved without the level are renamed on reading
+# (`with_text_model_level`).
 
 TEXT_MODEL_LEVEL = "text_model."
 _CLIP_ROOTS = ("encoder.", "embeddings.", "final_layer_norm")
@@ -325,6 +326,22 @@ def text_path_for(path: str, has_level: bool) -> str:
     """`path` as a CLIP model with (`has_level`) or without the `text_model` module names it."""
     canonical = canonical_text_path(path)
     return canonical if has_level else canonical.removeprefix(TEXT_MODEL_LEVEL)
+
+
+def with_text_model_level(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's keys with the `text_model.` level under every CLIP-L embedder, as A1111 renames on load.
+
+    NovelAI-era SD1 files were saved by transformers versions before the level existed
+    (`cond_stage_model.transformer.encoder.layers.0…`); A1111's `checkpoint_dict_replacements_sd1` inserts it.
+    We apply the same rule to SDXL's CLIP-L embedder too, where no other reading is possible.
+    """
+    prefixes = tuple(dict.fromkeys(te.ldm_weights_prefix for f in FAMILIES.values() for te in f.text_encoders
+                                   if te.kind == "clip"))
+    out = {}
+    for key, value in state_dict.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        out[key if prefix is None else prefix + canonical_text_path(key[len(prefix):])] = value
+    return out
 
 
 def has_text_model_level(text_encoder: torch.nn.Module) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 
 from animegen.core.files import PICKLE_SUFFIXES, WeightsFileError, atomic_path, read_weights
 from animegen.models.detect import (
+    V_PREDICTION_SCORE_BELOW,
     ArchInfo,
     CheckpointError,
     Family,
@@ -25,6 +27,8 @@ from animegen.models.detect import (
     family_config,
     infer_configs,
     infer_vae_config,
+    scheduler_config,
+    unet_v_prediction_score,
 )
 from animegen.models.family import ModelFamily, family_of, get_family
 from animegen.models.ldm_names import (
@@ -36,6 +40,7 @@ from animegen.models.ldm_names import (
     text_path_for,
     unet_state_dict_to_ldm,
     vae_state_dict_to_ldm,
+    with_text_model_level,
 )
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,10 @@ _MAX_LISTED = 8
 
 
 def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and safetensors metadata of a checkpoint file, under the pickle policy of `core.files`."""
+    """Tensors and safetensors metadata of a checkpoint file, under the pickle policy of `core.files`.
+
+    Pre-`text_model` CLIP names are renamed as A1111 does on load (`ldm_names.with_text_model_level`).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -57,9 +65,10 @@ def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> tuple[di
         raise CheckpointError(f"{path}: unknown checkpoint type {suffix!r}; expected .safetensors "
                               f"(or {', '.join(PICKLE_SUFFIXES)} with --allow-pickle)")
     try:
-        return read_weights(path, allow_pickle=allow_pickle)
+        tensors, metadata = read_weights(path, allow_pickle=allow_pickle)
     except WeightsFileError as exc:
         raise CheckpointError(str(exc)) from None
+    return with_text_model_level(tensors), metadata
 
 
 def _names(keys) -> str:
@@ -193,7 +202,15 @@ def load_single_file(path: str | Path, *, allow_pickle: bool = False, dtype: tor
     if arch.is_inpainting:
         log.warning("%s is an inpainting model (9 input channels); it needs an inpainting pipeline", path)
     configs = infer_configs(sd, arch)
-    unet = _build_unet(sd, configs["unet"], dtype)
+    unet = _build_unet(sd, configs["unet"], torch.float32 if arch.needs_unet_test else dtype)
+    if arch.needs_unet_test:  # SD2: 512-base (epsilon) or 768-v? A1111's test, in float32 as A1111 runs it
+        score = unet_v_prediction_score(unet)
+        prediction = "v_prediction" if score < V_PREDICTION_SCORE_BELOW else "epsilon"
+        log.info("%s: SD2 %s (A1111's UNet output test: %.3f, v below %.1f)", path, prediction, score,
+                 V_PREDICTION_SCORE_BELOW)
+        arch = replace(arch, prediction_type=prediction, prediction_source="UNet output test")
+        configs["scheduler"] = scheduler_config(arch)
+        unet = unet.to(dtype)
     vae_model = _resolve_vae(vae, arch.family, dtype, allow_pickle)
     if vae_model is None:
         vae_model = _build_vae(_subset(sd, VAE_PREFIX, strip=True), configs["vae"], dtype)

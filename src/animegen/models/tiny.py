@@ -1,11 +1,11 @@
-"""Tiny random-weight models of the real SD1.x and SDXL families.
+"""Tiny random-weight models of the real SD1.x, SD2.x and SDXL families.
 
 They have the same component classes, block structure and key layout as the real checkpoints
-(4-level SD1 UNet with cross-attention in the first three levels, 3-level SDXL UNet with
-text-time conditioning, 8x VAE, CLIP-L / OpenCLIP-bigG style text encoders with the real
-49,408-token vocabulary) but only a few million parameters, so tests and the quick start run
-offline on a CPU in seconds. Head sizes follow the families' rules (SD1: 8 heads per block;
-SDXL: 64 channels per head; CLIP: 64 channels per head) so that architecture detection from
+(4-level SD1/SD2 UNet with cross-attention in the first three levels — SD2's with linear projections —,
+3-level SDXL UNet with text-time conditioning, 8x VAE, CLIP-L / OpenCLIP-H / OpenCLIP-bigG style text encoders
+with the real 49,408-token vocabulary and each family's pad token) but only a few million parameters, so tests
+and the quick start run offline on a CPU in seconds. Head sizes follow the families' rules (SD1: 8 heads per
+block; SD2/SDXL: 64 channels per head; CLIP: 64 channels per head) so that architecture detection from
 checkpoint keys works on them exactly as on real files. GroupNorms keep at least 4 channels per
 group, as the real models do (`detect.norm_num_groups`, which single-file loading uses too). The UNet and
 text encoders are random; the VAE is not: it is set to an exact linear codec (`tiny_vae`), so a latent's
@@ -23,10 +23,10 @@ from animegen.core.errors import AnimegenError
 from animegen.core.files import atomic_dir
 from animegen.models.assets import load_tokenizer
 from animegen.models.detect import norm_num_groups
-from animegen.models.family import SD1, SDXL, ModelFamily, get_family
+from animegen.models.family import SD1, SD2, SDXL, ModelFamily, get_family
 from animegen.models.tiny_vae import make_linear_codec
 
-Arch = Literal["sd15", "sd1", "sdxl"]  # family names or aliases (`get_family`)
+Arch = Literal["sd15", "sd1", "sd2", "sdxl"]  # family names or aliases (`get_family`)
 
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
@@ -96,8 +96,8 @@ def _like_trained_norms(model: torch.nn.Module) -> torch.nn.Module:
 
 def _tiny_family(arch: Arch) -> ModelFamily:
     family = get_family(arch)
-    if family not in (SD1, SDXL):
-        raise AnimegenError(f"there is no tiny {family.display_name} model; choose sd15 or sdxl")
+    if family not in (SD1, SD2, SDXL):
+        raise AnimegenError(f"there is no tiny {family.display_name} model; choose sd15, sd2 or sdxl")
     return family
 
 
@@ -113,8 +113,9 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
     family = _tiny_family(arch)
     torch.manual_seed(seed)
     scheduler = EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
-    if family is SD1:
+    if family in (SD1, SD2):
         channels = (32, 32, 64, 64)
+        sd2 = family is SD2  # OpenCLIP-H (gelu), linear projections, 64 channels per head (at least 1 head)
         unet = UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
@@ -124,13 +125,14 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
             block_out_channels=channels,
             layers_per_block=2,
             cross_attention_dim=64,
-            attention_head_dim=8,
+            attention_head_dim=[max(1, c // 64) for c in channels] if sd2 else 8,
+            use_linear_projection=sd2,
             norm_num_groups=norm_num_groups(channels),
         )
         return {
             "unet": unet,
             "vae": _vae(family),
-            "text_encoder": _like_trained_norms(CLIPTextModel(_clip_config("quick_gelu"))),
+            "text_encoder": _like_trained_norms(CLIPTextModel(_clip_config("gelu" if sd2 else "quick_gelu"))),
             **_tokenizers(family),
             "scheduler": scheduler,
             "safety_checker": None,
@@ -180,9 +182,12 @@ def build_tiny_pipeline(arch: Arch = "sd15", seed: int = 0):
 
 def save_tiny_model(arch: Arch, out: Path | str | None = None, single_file: Path | str | None = None,
                     seed: int = 0) -> dict[str, Path]:
-    """Write a tiny model as a diffusers folder (`out`) and/or an A1111-layout single file."""
+    """Write a tiny model as a diffusers folder (`out`) and/or an A1111-layout single file (not SD2:
+    `single_file.pipeline_to_ldm`)."""
     if out is None and single_file is None:
         raise ValueError("give an output folder, a single-file path, or both")
+    if single_file is not None and _tiny_family(arch) is SD2:
+        raise AnimegenError("SD2 models are written as diffusers folders only; drop --single-file")
     pipe = build_tiny_pipeline(arch, seed)
     written: dict[str, Path] = {}
     if out is not None:

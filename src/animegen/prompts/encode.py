@@ -16,19 +16,31 @@ Pipeline of one prompt:
    mean is unchanged; chunks are concatenated along the sequence axis (77 per chunk).
 
 Clip skip uses A1111's numbering (1 = no skip): SD1 takes `hidden_states[-clip_skip]` then the final
-layer norm; SDXL takes `hidden_states[-(clip_skip + 1)]` of both encoders without the layer norm.
+layer norm. SDXL always takes the penultimate hidden state of both encoders, without the layer norm, whatever
+the clip skip: that is what it was trained on and what A1111 1.10 does (its "Clip skip" does not reach SDXL
+unless the CLIP-L-only `sdxl_clip_l_skip` option is on; kohya sd-scripts ignores clip skip for SDXL too), so
+"Clip skip: 2" infotexts (Pony and most SDXL anime models) and "Clip skip: 1" give the same conditioning, as in
+A1111, Forge and ComfyUI. Above 2 the tools part: Forge and ComfyUI go one layer deeper per step
+(`hidden_states[-clip_skip]` of both encoders); we follow A1111 (no effect) and log a warning.
+SD2 is the same story one layer up: its OpenCLIP encoder is always read at the penultimate layer (the diffusers
+conversion already dropped the last one, so that is our `hidden_states[-1]` plus the final layer norm) and
+A1111's "Clip skip" does not reach it (`sd_hijack_open_clip.py`); a higher value is ignored with a warning.
 SDXL's pooled embedding is text_encoder_2's projected pooled output of the first chunk.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
 from animegen.models.family import SD1, SDXL, family_of, get_family
 from animegen.prompts.parser import BREAK_MARKER, parse_prompt_attention
+
+log = logging.getLogger(__name__)
 
 CHUNK_LENGTH = 75
 COMMA_BACKTRACK = 20
@@ -190,16 +202,32 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return get_module_execution_device(module)
 
 
+SDXL_CLIP_SKIP = 2
+"""The layer SDXL always conditions on, in A1111's numbering (the penultimate)."""
+
+FIXED_CLIP_SKIP = {"sdxl": SDXL_CLIP_SKIP, "sd2": 1}
+"""Families whose conditioning layer A1111's "Clip skip" does not change: the layer each always uses."""
+
+
+@cache  # once per value: training encodes every caption
+def _warn_fixed_clip_skip(arch: str, clip_skip: int) -> None:
+    log.warning("clip skip %d has no effect on %s: it conditions on the penultimate layer of its text "
+                "encoder(s), as A1111 does (Forge and ComfyUI would go deeper)", clip_skip, arch.upper())
+
+
+def _check_clip_skip(clip_skip: int, text_encoder, sdxl: bool) -> None:
+    num_layers = text_encoder.config.num_hidden_layers
+    if clip_skip < 1 or (not sdxl and clip_skip > num_layers):
+        bound = "at least 1" if sdxl else f"between 1 and {num_layers} for this text encoder ({num_layers} layers)"
+        raise ValueError(f"clip_skip must be {bound}, got {clip_skip}")
+
+
 def _hidden_states(text_encoder, ids: torch.Tensor, clip_skip: int, sdxl: bool):
     """The conditioning hidden states for A1111's `clip_skip`, plus the projected pooled output if any."""
-    num_layers = text_encoder.config.num_hidden_layers
-    max_skip = num_layers - 1 if sdxl else num_layers
-    if not 1 <= clip_skip <= max_skip:
-        raise ValueError(f"clip_skip must be between 1 and {max_skip} for this text encoder "
-                         f"({num_layers} layers), got {clip_skip}")
+    _check_clip_skip(clip_skip, text_encoder, sdxl)
     out = text_encoder(ids, output_hidden_states=True)
     if sdxl:
-        z = out.hidden_states[-(clip_skip + 1)]
+        z = out.hidden_states[-SDXL_CLIP_SKIP]
     else:
         z = final_layer_norm(text_encoder)(out.hidden_states[-clip_skip])
     pooled = getattr(out, "text_embeds", None)
@@ -226,6 +254,11 @@ def encode_text(tokenizers, text_encoders, prompts: str | Sequence[str], clip_sk
                          f"{len(text_encoders)} text encoders)")
     arch = (get_family(arch) if arch else SDXL if len(text_encoders) == len(SDXL.text_encoders) else SD1).name
     _check_emphasis(emphasis)
+    if arch in FIXED_CLIP_SKIP:
+        if clip_skip > max(FIXED_CLIP_SKIP[arch], 2):  # 1 and 2 are what users pick for any model
+            _warn_fixed_clip_skip(arch, clip_skip)
+        if clip_skip >= 1:
+            clip_skip = FIXED_CLIP_SKIP[arch]
     if isinstance(prompts, str):
         prompts = [prompts]
     if not prompts:
