@@ -90,7 +90,7 @@ def test_caption_dataset_with_plugin_captioner(tmp_path):
     assert rep.described == 3 and rep.captioned == 3
     rows = sorted(load_manifest(ds), key=lambda r: r.width)
     assert rows[0].nl_caption == "A cartoon-style picture of a 20 px cat."
-    assert rows[0].caption == "anime illustration, a 20 px cat"
+    assert rows[0].caption == "anime illustration, lowres, a 20 px cat"  # 20x20: Danbooru's lowres
     rep = caption_dataset(ds, preset="dashanime", progress=False)
     assert rep.captioned == 0  # nothing left to do
 

@@ -43,6 +43,7 @@ def ingest(
     sources: list[Path] = typer.Argument(..., help="Folders or files to scan (recursively)."),
     out: Path = typer.Option(..., "--out", help="Dataset folder (manifest.jsonl is written here)."),
     max_pixels: int = typer.Option(256_000_000, help="Reject images with more pixels (decompression bombs)."),
+    max_bytes: int = typer.Option(1 << 30, help="Reject larger files unread (giant or endless files)."),
     near_duplicate_threshold: int = typer.Option(
         4, help="Max perceptual-hash bit distance of near duplicates (-1: off)."),
     parquet: bool = typer.Option(False, help="Also write manifest.parquet."),
@@ -53,7 +54,8 @@ def ingest(
     from animegen.data.ingest import ingest as run_ingest
 
     with _user_errors():
-        rep = run_ingest(sources, out, max_pixels=max_pixels, near_duplicate_threshold=near_duplicate_threshold)
+        rep = run_ingest(sources, out, max_pixels=max_pixels, max_bytes=max_bytes,
+                         near_duplicate_threshold=near_duplicate_threshold)
         if parquet:
             _write_parquet(out)
     console.print(f"scanned {rep.scanned}, new {rep.added}, already done {rep.skipped}, "
@@ -66,6 +68,11 @@ def ingest(
         console.print(t)
         if len(rep.errors) > show_errors:
             console.print(f"... and {len(rep.errors) - show_errors} more (status=error in the manifest)")
+    if rep.ignored:
+        t = Table("skipped file", "reason", title=f"{len(rep.ignored)} not ingested: not regular files")
+        for path, reason in rep.ignored[:show_errors]:
+            t.add_row(path, reason)
+        console.print(t)
 
 
 def _write_parquet(dataset: Path) -> None:
@@ -132,8 +139,15 @@ def caption(
     batch_size: int = typer.Option(8, min=1),
     device: str | None = typer.Option(None),
     force: bool = typer.Option(False, help="Rebuild captions that exist."),
+    character_tag_expand: bool = typer.Option(
+        False, help="Split `name (series)` character tags into `name` + a series tag (kohya's option)."),
+    resolution_tags: bool = typer.Option(
+        True, help="Derive lowres / highres / absurdres from the pixel size (Danbooru's thresholds)."),
 ):
-    """Assemble training captions (preset template, style phrases removed, score/rating words)."""
+    """Assemble training captions (preset template, style phrases removed, score/rating words).
+
+    Sidecar tags and the tagger's are merged; a kohya caption's leading trigger word stays first.
+    """
     from animegen.data.caption import caption_dataset, load_captioner
 
     with _user_errors():
@@ -141,7 +155,8 @@ def caption(
 
         get_preset(preset)  # unknown name -> ValueError listing the valid ones
         cap = load_captioner(captioner, device=device, prompt=captioner_prompt) if captioner else None
-        rep = caption_dataset(dataset, preset=preset, captioner=cap, batch_size=batch_size, force=force)
+        rep = caption_dataset(dataset, preset=preset, captioner=cap, batch_size=batch_size, force=force,
+                              character_tag_expand=character_tag_expand, resolution_tags=resolution_tags)
     console.print(f"captioned {rep.captioned}, described by captioner {rep.described}, unreadable {rep.failed}")
 
 

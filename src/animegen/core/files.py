@@ -1,6 +1,10 @@
 """The one home for touching files: atomic writes, cached hashes, the cache root, image extensions, and
 the pickle policy for reading weights.
 
+Reading: file hashes and images (`data.image_io`) are read through `open_regular_file`, so a FIFO,
+socket or device named `x.png` (or a symlink to `/dev/zero`) raises `NotRegularFileError` instead of
+blocking forever or never reaching EOF, and an optional byte limit stops giant files early.
+
 Atomic writes (`atomic_write`, `atomic_path`, `atomic_dir`): the data goes to a uniquely named temp
 entry in the target's own folder (so two writers of one target never share a temp name, and the final
 `os.replace` never crosses a file system), is fsynced, then renamed over the target; on any failure the
@@ -28,9 +32,10 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 from animegen.core.errors import AnimegenError
 
@@ -202,7 +207,7 @@ def writable_folder(folder: str | os.PathLike) -> Path:
     return folder
 
 
-# ----------------------------------------------------------------------------------- cache and hashes
+# ----------------------------------------------------------------------------------- cache
 
 
 def cache_root() -> Path:
@@ -214,22 +219,96 @@ def cache_root() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "animegen"
 
 
-def _sha256_bytes(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+# ----------------------------------------------------------------------------------- reading files
 
 
-def sha256_file(path: str | os.PathLike, *, cached: bool = True) -> str:
+class NotRegularFileError(AnimegenError):
+    """A FIFO, socket, device or folder where a file's bytes were wanted: reading it could block forever."""
+
+    def __init__(self, path: str | os.PathLike, kind: str):
+        self.path, self.kind = str(path), kind
+        self.reason = f"not a regular file ({kind})"
+        super().__init__(f"{path}: {self.reason}; give a regular file")
+
+
+class FileTooLargeError(AnimegenError):
+    """A file above the caller's byte limit (a giant or endless file must not be read to its end)."""
+
+    def __init__(self, path: str | os.PathLike, size: int, max_bytes: int):
+        self.path, self.size, self.max_bytes = str(path), size, max_bytes
+        self.reason = f"too large: {size} bytes exceeds the limit of {max_bytes} bytes"
+        super().__init__(f"{path}: {self.reason}")
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def stat_regular_file(path: str | os.PathLike) -> os.stat_result:
+    """`os.stat(path)` (symlinks followed), raising `NotRegularFileError` unless it is a regular file."""
+    result = os.stat(path)
+    if not stat.S_ISREG(result.st_mode):
+        raise NotRegularFileError(path, _file_kind(result.st_mode))
+    return result
+
+
+@contextlib.contextmanager
+def open_regular_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> Iterator[BinaryIO]:
+    """Open `path` (symlinks followed) for binary reading only if it is a regular file of <= `max_bytes`.
+
+    Raises `NotRegularFileError` for a FIFO, socket, device or folder, before anything can block: the path
+    is stat()ed first, then opened with O_NONBLOCK (a FIFO swapped in meanwhile cannot block the open) and
+    checked again on the open descriptor. Raises `FileTooLargeError` above `max_bytes`.
+    """
+    path = os.fspath(path)
+    stat_regular_file(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(path, _file_kind(st.st_mode))
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise FileTooLargeError(path, st.st_size, max_bytes)
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+# ----------------------------------------------------------------------------------- hashes
+
+
+def _sha256_bytes(path: Path, max_bytes: int | None = None) -> str:
+    with open_regular_file(path, max_bytes=max_bytes) as f:
+        digest, seen = hashlib.sha256(), 0
+        while chunk := f.read(1 << 20):
+            seen += len(chunk)
+            if max_bytes is not None and seen > max_bytes:  # it grew while being read
+                raise FileTooLargeError(path, seen, max_bytes)
+            digest.update(chunk)
+        return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, *, cached: bool = True, max_bytes: int | None = None) -> str:
     """sha256 hex of a file's bytes, cached by (resolved path, size, mtime_ns) so multi-GB checkpoints hash once.
 
     `cached=False` for bulk hashing of many small files (dataset images): one cache entry per image
-    would only grow the cache file, and reading an image costs little more than a lookup.
+    would only grow the cache file, and reading an image costs little more than a lookup. Only regular
+    files are read (`open_regular_file`): a FIFO or `/dev/zero` raises instead of blocking or never ending;
+    `max_bytes` bounds how much is read (`FileTooLargeError` above it).
     """
     path = Path(path)
     if not cached:
-        return _sha256_bytes(path)
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        return _sha256_bytes(path, max_bytes)
+    stat_result = path.stat()
+    key = f"{path.resolve()}|{stat_result.st_size}|{stat_result.st_mtime_ns}"
     cache_path = cache_root() / "hashes.json"
     try:
         cache = json.loads(cache_path.read_text())
@@ -239,7 +318,7 @@ def sha256_file(path: str | os.PathLike, *, cached: bool = True) -> str:
         cache = {}
     if key in cache:
         return cache[key]
-    cache[key] = _sha256_bytes(path)
+    cache[key] = _sha256_bytes(path, max_bytes)
     with contextlib.suppress(OSError):  # a read-only home only costs re-hashing next time
         atomic_write(cache_path, json.dumps(cache))
     return cache[key]
@@ -354,6 +433,8 @@ def read_weights(path: str | os.PathLike, *, allow_pickle: bool) -> tuple[dict, 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "PICKLE_SUFFIXES",
+    "FileTooLargeError",
+    "NotRegularFileError",
     "PickleRefusedError",
     "WeightsFileError",
     "atomic_dir",
@@ -363,9 +444,11 @@ __all__ = [
     "current_umask",
     "is_image_file",
     "load_torch_file",
+    "open_regular_file",
     "read_safetensors",
     "read_weights",
     "refuse_pickle_unless_allowed",
     "sha256_file",
+    "stat_regular_file",
     "writable_folder",
 ]

@@ -6,6 +6,14 @@ in order and the first match wins, so every image lands in exactly one bucket (t
 rest). A bucket of n images gets weight (median / n) ** strength, clipped to [min_weight, max_weight].
 With `target_size`, integer repeats are rounded per bucket (each bucket's total within 1 image of its share,
 summing to the target exactly), never per image: see `resample_repeats`.
+
+What `weight` and `repeats` mean (one meaning for the trainer and every export): a row's *exposure*, the times
+its image is shown per epoch, is `repeats` when set, else `weight`, else 1 (`exposure`). `repeats` already
+holds the weight (`--target-size` resamples by weight), so the two are never multiplied; a fractional
+exposure is an expected count (the trainer draws the fraction each epoch); 0 means never. The trainer
+multiplies it by the training config's per-dataset `repeats * weight` only. Formats that hold whole numbers
+(kohya `N_name` folders, WebDataset copies) get `integer_exposures`: whole exposures as they are, fractional
+ones rounded like `--target-size` (largest remainder per bucket, total = the rounded sum).
 """
 
 from __future__ import annotations
@@ -165,6 +173,35 @@ def resample_repeats(weights: Sequence[float], target: int, seed: int = 0,
         inside = share * total / share.sum() if share.sum() > 0 else share  # the bucket's total, by weight
         repeats[idx] = _largest_remainder(inside, int(total), rng)
     return repeats.tolist()
+
+
+def exposure(row: ManifestRow) -> float:
+    """Times per epoch the row's image is shown: `repeats` if set (weight included), else `weight`, else 1."""
+    if row.repeats is not None:
+        return float(row.repeats)
+    return float(row.weight) if row.weight is not None else 1.0
+
+
+def integer_exposures(rows: Sequence[ManifestRow], seed: int = 0) -> list[int]:
+    """Whole-number exposures for formats that cannot hold fractions (kohya folders, WebDataset copies).
+
+    Whole exposures are kept exactly; the fractional ones are rounded together by `resample_repeats`, grouped
+    by balance bucket, to their rounded sum: each bucket within 1 of its share, every image within 1 of its
+    own. `seed` only breaks ties, so every format exported with the same seed agrees image by image.
+    """
+    values = [exposure(r) for r in rows]
+    if any(v < 0 for v in values):
+        bad = next(r for r, v in zip(rows, values) if v < 0)
+        raise ValueError(f"{bad.path}: negative repeats/weight in the manifest; rerun `animegen data balance`")
+    out = [int(v) if v.is_integer() else 0 for v in values]
+    frac = [i for i, v in enumerate(values) if not v.is_integer()]
+    if frac:
+        shares = [values[i] for i in frac]
+        total = int(np.floor(sum(shares) + 0.5))
+        groups = [str(rows[i].bucket) for i in frac]
+        for i, n in zip(frac, resample_repeats(shares, total, seed, groups)):
+            out[i] = n
+    return out
 
 
 @dataclass

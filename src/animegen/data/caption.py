@@ -3,6 +3,15 @@
 DashAnime-style captions put the style in a fixed prefix ("anime illustration, ...") and remove style words
 from the natural-language part, so the model ties the look to the prefix instead of to random adjectives.
 The shortening rules below are plain regular expressions: the same input always gives the same caption.
+
+Tags: the sidecar's (kohya tag list or Danbooru tag string in `.txt`, JSON tags) and the tagger's are merged
+as kohya's `--append_tags` does (sidecar first, each tag once), so a Danbooru `vocaloid` or a trigger word
+survives tagging. A kohya caption's first tag that neither the tagger nor the vocabulary knows (`zxq`) is the
+trigger word and goes first, right after the preset's fixed prefix (DashAnime: train with `keep_tokens = 2`
+to pin `anime illustration, zxq`). Danbooru's resolution tags are derived from the pixel size and replace
+given ones, as Danbooru does. `character_tag_expand` is kohya's `--character_tag_expand`, opt-in as there;
+unlike kohya it runs when captions are built, so it also splits sidecar character tags and needs no re-tag.
+
 A natural-language captioner is optional: `module:function` / `file.py:function` (a callable taking a list
 of PIL images, returning a list of strings) or a transformers vision-language model folder / hub id.
 """
@@ -12,7 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +29,27 @@ from PIL import Image
 
 from animegen.data.batching import run_batched
 from animegen.data.manifest import Manifest, ManifestRow
-from animegen.prompts.tags import RATING_WORDS, is_count_tag
+from animegen.data.sidecar import (
+    caption_tags,
+    looks_like_tag_list,  # noqa: F401  (its home moved; callers import it here)
+    read_sidecar_categories,
+)
+from animegen.prompts.tags import (
+    RATING_WORDS,
+    RESOLUTION_TAGS,
+    expand_character_tag,
+    is_count_tag,
+    normalize_tag,
+    tag_key,
+    unescape_tag,
+)
+from animegen.prompts.tags import resolution_tags as danbooru_resolution_tags
 
 Captioner = Callable[[list[Image.Image]], list[str]]
 
 #: Tags that go with the counting tags (`animegen.prompts.tags.is_count_tag`) at the front of a caption.
 _WITH_COUNT = frozenset({"solo", "solo focus"})
-META_TAGS = frozenset({"highres", "absurdres", "lowres", "commentary", "commentary request", "translated",
+META_TAGS = frozenset({*RESOLUTION_TAGS, "commentary", "commentary request", "translated",
                        "translation request", "english commentary", "official art", "scan", "watermark",
                        "signature", "artist name", "web address", "jpeg artifacts"})
 
@@ -88,44 +111,96 @@ def strip_style_phrases(text: str) -> str:
     return text
 
 
-def looks_like_tag_list(caption: str) -> bool:
-    """`1girl, long hair, smile` (short comma-separated items) vs a sentence."""
-    parts = [p.strip() for p in caption.split(",") if p.strip()]
-    return len(parts) >= 2 and all(len(p.split()) <= 4 for p in parts) and not caption.rstrip().endswith(".")
+def _category(tag: str, characters: set[str], known: Mapping[str, str]) -> str:
+    """A tag's slot: a sidecar's category, else the tagger's character, else by vocabulary."""
+    key = tag_key(tag)
+    category = known.get(key, "general")
+    if category != "general":
+        return category
+    if key in characters:
+        return "character"
+    if is_count_tag(key) or key in _WITH_COUNT:
+        return "count"
+    return "meta" if key in META_TAGS else "general"
 
 
-def categorize_tags(general: Sequence[str], character: Sequence[str] = ()) -> dict[str, list[str]]:
-    """Split tags into the prompt builder's categories: count, character, general, meta."""
-    out: dict[str, list[str]] = {"count": [], "character": list(character), "general": [], "meta": []}
-    seen = set(character)
-    for t in general:
-        if t in seen:
+def categorize_tags(general: Sequence[str], character: Sequence[str] = (), *,
+                    known: Mapping[str, str] | None = None, lead: str | None = None,
+                    character_tag_expand: bool = False) -> dict[str, list[str]]:
+    """Split tags into the prompt builder's categories: count, character, series, artist, general, meta.
+
+    `character` (a tagger's character tags) and `known` (a sidecar's `tag_key` -> category) say where a tag
+    belongs; the rest go by vocabulary (counting tags and `solo` lead, `META_TAGS` are meta). Each tag is kept
+    once, where it first occurs (`general` before `character`). `lead` (a trigger word) goes in front of
+    everything: at the head of the count slot, the first slot of every built-in preset. `character_tag_expand`
+    splits `name (series)` into `name` + a series tag (kohya's `--character_tag_expand`).
+    """
+    known = known or {}
+    characters = {tag_key(t) for t in character}
+    out: dict[str, list[str]] = {k: [] for k in ("count", "character", "series", "artist", "general", "meta")}
+    seen: set[str] = set()
+
+    def add(category: str, tag: str) -> None:
+        if tag_key(tag) not in seen:
+            seen.add(tag_key(tag))
+            out[category].append(tag)
+
+    if lead:
+        add("count", lead)
+    for t in [*general, *character]:
+        category = _category(t, characters, known)
+        if category == "character" and character_tag_expand:
+            t, series = expand_character_tag(t)
+            add("character", t)
+            if series:
+                add("series", series)
             continue
-        seen.add(t)
-        if is_count_tag(t) or t in _WITH_COUNT:
-            out["count"].append(t)
-        elif t in META_TAGS:
-            out["meta"].append(t)
-        else:
-            out["general"].append(t)
+        add(category, t)
     return {k: v for k, v in out.items() if v}
 
 
-def caption_row(row: ManifestRow, preset: str = "dashanime") -> str:
-    """The training caption for one manifest row (tags, NL caption, score and rating words)."""
-    from animegen.prompts.presets import build_prompt
-    from animegen.prompts.tags import normalize_tag, split_tags, unescape_tag
+def _trigger(file_tags: Sequence[str], tagger_tags: set[str], known: Mapping[str, str]) -> str | None:
+    """The first tag of a kohya caption file when it is a word no tagger or vocabulary knows (`zxq`).
 
-    general = list(row.tags if row.tags is not None else (row.source_tags or []))
-    text_source = row.nl_caption
-    if row.source_caption and not text_source:
-        if looks_like_tag_list(row.source_caption):
-            if not general and not row.character_tags:
-                general = [normalize_tag(t) for t in split_tags(row.source_caption)]
-        else:
-            text_source = row.source_caption
+    kohya users put the trigger word first and fix it with `keep_tokens`; it keeps that place.
+    """
+    if not file_tags:
+        return None
+    first = file_tags[0]
+    if tag_key(first) in tagger_tags or _category(first, set(), known) != "general":
+        return None
+    return first
+
+
+def caption_row(row: ManifestRow, preset: str = "dashanime", *,
+                sidecar_categories: Mapping[str, str] | None = None, character_tag_expand: bool = False,
+                resolution_tags: bool = True) -> str:
+    """The training caption for one manifest row (tags, NL caption, score and rating words).
+
+    Tags are the sidecar's (a kohya tag-list caption, then the JSON tags) followed by the tagger's new ones,
+    as kohya's `--append_tags` merges them, each once. The caption file's first tag stays first when it is a
+    trigger word (`_trigger`). `sidecar_categories` (`data.sidecar.read_sidecar_categories`) places Danbooru
+    character / copyright / artist / meta tags. With `resolution_tags` and a known pixel size, Danbooru's
+    resolution tags are derived from it and replace any the sidecar or tagger gave (Danbooru recomputes them
+    from the file too, so a downscaled copy of an `absurdres` post is not called absurdres).
+    """
+    from animegen.prompts.presets import build_prompt
+
+    known = sidecar_categories or {}
+    text_tags = caption_tags(row.source_caption) if row.source_caption else None
+    text_source = row.nl_caption or (row.source_caption if text_tags is None else None)
     text = strip_style_phrases(text_source) if text_source else ""
-    tags = categorize_tags(general, row.character_tags or [])
+    tagger = [*(row.tags or []), *(row.character_tags or [])]
+    general = [*(text_tags or []), *(normalize_tag(t) for t in row.source_tags or []), *(row.tags or [])]
+    derived: list[str] = []
+    if resolution_tags and row.width and row.height:
+        general = [t for t in general if tag_key(t) not in RESOLUTION_TAGS]
+        derived = danbooru_resolution_tags(row.width, row.height)
+    tags = categorize_tags(general, row.character_tags or [], known=known,
+                           lead=_trigger(text_tags or [], {tag_key(t) for t in tagger}, known),
+                           character_tag_expand=character_tag_expand)
+    if derived:
+        tags.setdefault("meta", []).extend(derived)  # meta is the last slot: the order stays intact
     # "" (not None) for unknown values: the preset's generation defaults ("masterpiece ...") would
     # otherwise be claimed for images that were never scored.
     prompt = build_prompt(
@@ -216,9 +291,14 @@ def caption_dataset(
     captioner: Captioner | None = None,
     batch_size: int = 8,
     force: bool = False,
+    character_tag_expand: bool = False,
+    resolution_tags: bool = True,
     progress: bool = True,
 ) -> CaptionReport:
-    """Fill `caption` for ok rows lacking one (all with `force`); run `captioner` first where it is given."""
+    """Fill `caption` for ok rows lacking one (all with `force`); run `captioner` first where it is given.
+
+    Each row's JSON sidecar is read again for its tag categories (the manifest keeps the flat list).
+    """
     from tqdm.auto import tqdm
 
     with Manifest(dataset) as manifest:
@@ -238,6 +318,8 @@ def caption_dataset(
                                             progress=progress)
         todo = [r for r in manifest.ok_rows() if force or r.caption is None]
         for row in tqdm(todo, desc="caption", unit="img", disable=not progress):
-            row.caption = caption_row(row, preset)
+            row.caption = caption_row(row, preset, sidecar_categories=read_sidecar_categories(row.path),
+                                      character_tag_expand=character_tag_expand,
+                                      resolution_tags=resolution_tags)
             manifest.put(row)
     return CaptionReport(captioned=len(todo), described=described, failed=failed)

@@ -3,23 +3,34 @@
 Datasets scraped from the web contain zero-byte downloads, HTML error pages saved as `.jpg`, truncated
 transfers, decompression bombs, CMYK scans, palette GIFs and 16-bit PNGs. Every reader in animegen goes
 through `open_image` so they all agree on what an image is and get a human reason when it is not one.
+
+Hostile bytes: Pillow's plugins raise far more than OSError on corrupt input (TypeError from a TIFF
+without dimensions, struct.error, ZeroDivisionError, ...); every exception a decode raises becomes an
+`ImageError` with the reason. Only regular files within a byte limit are opened
+(`core.files.open_regular_file`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from animegen.core.errors import AnimegenError
+from animegen.core.files import FileTooLargeError, NotRegularFileError, open_regular_file
 
 #: Default pixel limit (width * height): ~ 16k x 16k. Large enough for any real illustration, small enough
 #: that a crafted file cannot make us allocate gigabytes.
 DEFAULT_MAX_PIXELS = 256_000_000
+#: Default byte limit of one file (1 GiB): a 16k x 16k RGBA image stored uncompressed, the largest honest
+#: file under the pixel limit. A giant or endless file is refused before it is read to its end.
+DEFAULT_MAX_BYTES = 1 << 30
 
 # PIL format name -> extensions that honestly carry it.
 _FORMAT_EXTENSIONS = {
@@ -116,19 +127,37 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode `path` into an 8-bit RGB image; raise `ImageError` with the reason if it is not usable."""
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int | None = DEFAULT_MAX_BYTES) -> LoadedImage:
+    """Decode `path` into an 8-bit RGB image; raise `ImageError` with the reason if it is not usable.
+
+    Only a regular file of at most `max_bytes` is opened (a FIFO or `/dev/zero` named `.png` is refused,
+    not read). Whatever the decoder raises on hostile bytes becomes an `ImageError`, never a crash.
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        with open_regular_file(path, max_bytes=max_bytes) as f:
+            return _decode(path, f, max_pixels)
+    except NotRegularFileError as e:
+        raise ImageError(path, e.reason) from None
+    except FileTooLargeError as e:
+        raise ImageError(path, too_large_reason(e)) from None
     except OSError as e:
         raise ImageError(path, f"cannot read file: {e.strerror or e}") from None
-    if size == 0:
+
+
+def too_large_reason(e: FileTooLargeError) -> str:
+    """The reason recorded for a file above the byte limit, naming the option that raises it."""
+    return f"{e.reason} (raise --max-bytes if the file is genuine)"
+
+
+def _decode(path: Path, f: BinaryIO, max_pixels: int) -> LoadedImage:
+    if os.fstat(f.fileno()).st_size == 0:
         raise ImageError(path, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(f) as im:
                 fmt = im.format or "unknown"
                 w, h = im.size
                 if w <= 0 or h <= 0:
@@ -153,7 +182,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(path, f"not an image ({_describe_content(path)})") from None
+        raise ImageError(path, f"not an image ({_describe_content(f)})") from None
     except Image.DecompressionBombError as e:
         raise ImageError(path, f"too large (possible decompression bomb): {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
@@ -163,6 +192,8 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         raise ImageError(path, f"corrupt image data ({msg})") from None
     except MemoryError:
         raise ImageError(path, "not enough memory to decode this image") from None
+    except Exception as e:  # noqa: BLE001 (plugins raise TypeError, struct.error, ... on hostile bytes)
+        raise ImageError(path, f"corrupt image data ({type(e).__name__}: {e})") from None
     ext = path.suffix.lower()
     mismatch = bool(ext) and fmt in _FORMAT_EXTENSIONS and ext not in _FORMAT_EXTENSIONS[fmt]
     return LoadedImage(
@@ -175,19 +206,20 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
     )
 
 
-def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int | None = DEFAULT_MAX_BYTES) -> Image.Image:
     """The validated, EXIF-transposed, first-frame, 8-bit RGB image at `path` (alpha on white).
 
-    Raises `ImageError(path, reason)` for empty, truncated, non-image, oversized or corrupt files.
+    Raises `ImageError(path, reason)` for empty, truncated, non-image, oversized, corrupt or special files.
     """
-    return read_image(path, max_pixels=max_pixels).image
+    return read_image(path, max_pixels=max_pixels, max_bytes=max_bytes).image
 
 
-def _describe_content(path: Path) -> str:
+def _describe_content(f: BinaryIO) -> str:
     """A short guess at what a non-image file is, so the report says e.g. 'looks like HTML'."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(512)
+        f.seek(0)
+        head = f.read(512)
     except OSError:
         return "unreadable"
     stripped = head.lstrip().lower()

@@ -1,6 +1,11 @@
 """`animegen data ingest`: scan source folders into a dataset manifest without touching the sources.
 
 Every file is validated through `image_io.read_image`; broken files become `error` rows with the reason.
+One bad file never stops or hangs a run: a FIFO, socket or device named like an image (or a symlink to
+`/dev/zero`) is a reported skip (`IngestReport.ignored`, not a row: it has no content to record), found by
+stat before anything opens it; a file above `max_bytes`, or anything that goes wrong while hashing or
+decoding (whatever the exception), is an error row. A file name that is not valid UTF-8 is an ordinary row
+(the manifest stores its surrogate-escaped path, which opens the same file).
 Exact duplicates are found by sha256, near duplicates by perceptual hash (clusters of pictures within a few
 bits of each other; the largest is kept). Re-running skips files already recorded with the same content.
 """
@@ -19,8 +24,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from animegen.core.files import atomic_write, is_image_file, sha256_file
+from animegen.core.files import (
+    FileTooLargeError,
+    NotRegularFileError,
+    atomic_write,
+    is_image_file,
+    sha256_file,
+    stat_regular_file,
+)
 from animegen.data.image_io import (
+    DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     ImageError,
     color_distance,
@@ -28,6 +41,7 @@ from animegen.data.image_io import (
     mean_color,
     perceptual_hash,
     read_image,
+    too_large_reason,
 )
 from animegen.data.manifest import (
     STATUS_DUPLICATE,
@@ -37,6 +51,7 @@ from animegen.data.manifest import (
     Manifest,
     ManifestRow,
 )
+from animegen.data.sidecar import read_sidecar
 
 SIDECAR_EXTENSIONS = (".txt", ".caption", ".json")
 NEAR_DUPLICATES_REPORT = "near_duplicates.json"
@@ -46,12 +61,17 @@ MAX_COLOR_DIFF = 24  # per channel, 0..255
 
 @dataclass
 class IngestReport:
-    """What an ingest run did; `clusters` lists near-duplicate groups with the kept path first."""
+    """What an ingest run did; `clusters` lists near-duplicate groups with the kept path first.
+
+    `skipped` counts files already recorded; `ignored` lists (path, reason) of files that are no row at all
+    (not regular files).
+    """
 
     scanned: int = 0
     added: int = 0
     skipped: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     clusters: list[list[str]] = field(default_factory=list)
 
@@ -79,44 +99,11 @@ def scan_sources(sources: Sequence[str | Path], *, exclude: Iterable[str | Path]
     return sorted(found)
 
 
-def read_sidecar(image_path: str | Path) -> tuple[str | None, list[str] | None]:
-    """Caption and tags from `NAME.txt` / `NAME.caption` / `NAME.json` next to an image (first found)."""
-    image_path = Path(image_path)
-    caption: str | None = None
-    tags: list[str] | None = None
-    for ext in (".txt", ".caption"):
-        p = image_path.with_suffix(ext)
-        if p.is_file():
-            text = p.read_text(encoding="utf-8", errors="replace").strip()
-            if text:
-                caption = text
-                break
-    p = image_path.with_suffix(".json")
-    if p.is_file():
-        try:
-            meta = json.loads(p.read_text(encoding="utf-8", errors="replace"))
-        except json.JSONDecodeError:
-            meta = None
-        if isinstance(meta, dict):
-            if caption is None:
-                for key in ("caption", "text", "prompt", "description"):
-                    if isinstance(meta.get(key), str) and meta[key].strip():
-                        caption = meta[key].strip()
-                        break
-            raw = meta.get("tags")
-            if isinstance(raw, str):
-                tags = [t.strip() for t in raw.split(",") if t.strip()]
-            elif isinstance(raw, list):
-                tags = [str(t).strip() for t in raw if str(t).strip()]
-            elif isinstance(meta.get("tag_string"), str):  # Danbooru API: space separated, underscores
-                tags = [t.replace("_", " ") for t in meta["tag_string"].split()]
-    return caption, tags
-
-
-def _examine(path: Path, stat: os.stat_result, sha: str, max_pixels: int) -> ManifestRow:
+def _examine(path: Path, stat: os.stat_result, sha: str, max_pixels: int,
+             max_bytes: int | None) -> ManifestRow:
     row = ManifestRow(path=str(path), sha256=sha, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     try:
-        loaded = read_image(path, max_pixels=max_pixels)
+        loaded = read_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
     except ImageError as e:
         row.status, row.reason = STATUS_ERROR, e.reason
         return row
@@ -130,8 +117,11 @@ def _examine(path: Path, stat: os.stat_result, sha: str, max_pixels: int) -> Man
         notes.append(f"content is {loaded.format} despite the {path.suffix} extension")
     if loaded.n_frames > 1:
         notes.append(f"animated ({loaded.n_frames} frames): first frame used")
+    try:
+        row.source_caption, row.source_tags = read_sidecar(path)
+    except Exception as e:  # noqa: BLE001 (an unreadable sidecar costs its caption, not the image)
+        notes.append(f"sidecar not read ({type(e).__name__}: {e})")
     row.reason = "; ".join(notes) or None
-    row.source_caption, row.source_tags = read_sidecar(path)
     return row
 
 
@@ -221,17 +211,27 @@ def _update_near_duplicates(manifest: Manifest, threshold: int) -> list[list[str
 
 
 def _process(path: Path, stat: os.stat_result, old: ManifestRow | None, known: dict[str, str],
-             max_pixels: int) -> tuple[str, ManifestRow | None] | tuple[str, str]:
-    """Worker: hash the file, decode it only if its content is new. Returns (kind, payload)."""
+             max_pixels: int, max_bytes: int | None) -> tuple[str, ManifestRow | None] | tuple[str, str]:
+    """Worker: hash the file, decode it only if its content is new. Returns (kind, payload).
+
+    Never raises: whatever goes wrong with one file is that file's error row, not the end of the run.
+    """
     try:
-        sha = sha256_file(path, cached=False)
+        sha = sha256_file(path, cached=False, max_bytes=max_bytes)
+        if old is not None and old.sha256 == sha:
+            return "touched", sha
+        if known.get(sha, str(path)) != str(path):
+            return "duplicate", sha
+        return "examined", _examine(path, stat, sha, max_pixels, max_bytes)
+    except NotRegularFileError as e:  # replaced by a FIFO or the like since it was scanned
+        return "ignored", e.reason
+    except FileTooLargeError as e:
+        reason = too_large_reason(e)
     except OSError as e:
-        return "error", ManifestRow(path=str(path), status=STATUS_ERROR, reason=f"cannot read file: {e}")
-    if old is not None and old.sha256 == sha:
-        return "touched", sha
-    if known.get(sha, str(path)) != str(path):
-        return "duplicate", sha
-    return "examined", _examine(path, stat, sha, max_pixels)
+        reason = f"cannot read file: {e}"
+    except Exception as e:  # noqa: BLE001 (a bug must cost one file, not the run; the reason says which)
+        reason = f"unexpected error, please report it ({type(e).__name__}: {e})"
+    return "error", ManifestRow(path=str(path), status=STATUS_ERROR, reason=reason)
 
 
 def ingest(
@@ -239,12 +239,14 @@ def ingest(
     out: str | Path,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
     near_duplicate_threshold: int = 4,
     workers: int | None = None,
     progress: bool = True,
 ) -> IngestReport:
     """Scan `sources` into the dataset folder `out` (created if needed); resumable and incremental.
 
+    `max_bytes`: larger files are error rows, never read (None: no limit).
     `near_duplicate_threshold`: max perceptual-hash bit distance of near duplicates (-1 turns it off).
     `workers`: decoding threads (PIL and hashlib release the GIL); rows are still written in scan order.
     """
@@ -261,7 +263,10 @@ def ingest(
         todo: list[tuple[Path, os.stat_result, ManifestRow | None]] = []
         for path in paths:
             try:
-                stat = path.stat()
+                stat = stat_regular_file(path)  # before anything opens it: a FIFO would block the open
+            except NotRegularFileError as e:
+                report.ignored.append((str(path), e.reason))
+                continue
             except OSError as e:
                 manifest.put(ManifestRow(path=str(path), status=STATUS_ERROR, reason=f"cannot read file: {e}"))
                 continue
@@ -270,20 +275,24 @@ def ingest(
                 report.skipped += 1  # unchanged since it was recorded
             else:
                 todo.append((path, stat, old))
-        bar = tqdm(total=len(paths), initial=report.skipped, desc="ingest", unit="img", disable=not progress)
+        bar = tqdm(total=len(paths), initial=report.skipped + len(report.ignored), desc="ingest", unit="img",
+                   disable=not progress)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             window: deque = deque()
             items = iter(todo)
             for item in itertools.islice(items, workers * 4):
-                window.append((item, pool.submit(_process, *item, by_sha, max_pixels)))
+                window.append((item, pool.submit(_process, *item, by_sha, max_pixels, max_bytes)))
             while window:
                 (path, stat, old), fut = window.popleft()
                 nxt = next(items, None)
                 if nxt is not None:
-                    window.append((nxt, pool.submit(_process, *nxt, by_sha, max_pixels)))
+                    window.append((nxt, pool.submit(_process, *nxt, by_sha, max_pixels, max_bytes)))
                 kind, payload = fut.result()
                 key = str(path)
                 bar.update(1)
+                if kind == "ignored":
+                    report.ignored.append((key, payload))
+                    continue
                 if kind == "touched":  # same content, new mtime: nothing to redo
                     old.size, old.mtime_ns = stat.st_size, stat.st_mtime_ns
                     manifest.put(old)

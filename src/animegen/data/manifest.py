@@ -37,8 +37,10 @@ Row key: `path` (absolute source path). Columns (all JSON; absent values are nul
 | nl_caption        | str              | caption    | natural-language caption from a captioner plug-in               |
 | caption           | str              | caption    | the final training caption (use this to train)                  |
 | bucket            | str              | balance    | the single balance bucket of the image                          |
-| weight            | float            | balance    | sampling weight (pulls each bucket toward the median size)      |
-| repeats           | int              | balance    | how many times to repeat the image after resampling (default 1) |
+| weight            | float            | balance    | times shown per epoch when `repeats` is unset (a fraction: the  |
+|                   |                  |            | expected count); pulls each bucket toward the median size       |
+| repeats           | int              | balance    | times shown per epoch, the weight already in it; 0 = never      |
+|                   |                  |            | (unset: `weight`, else 1; see `data.balance.exposure`)          |
 
 Rows with `status == "ok"` are the training set. Unknown keys found in a file are kept (in `extra`).
 """
@@ -48,6 +50,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -124,6 +127,17 @@ class ManifestRow:
         return cls(**known, extra=extra)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _row_line(row: ManifestRow) -> str:
+    """One JSON line. A file name that is not valid UTF-8 reaches us with surrogate escapes (PEP 383), which
+    UTF-8 cannot encode: they are written as `\\udcXX` JSON escapes, which `json.loads` turns back into the
+    same str, so the stored path still opens the very file."""
+    text = json.dumps(row.to_dict(), ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
 def _repair_tail(path: Path) -> None:
     """Cut a torn last line (a process killed mid-write) so appends start on a clean line."""
     if not path.exists() or path.stat().st_size == 0:
@@ -196,7 +210,7 @@ class Manifest:
     def put(self, row: ManifestRow) -> None:
         """Record `row` (new or updated) on disk now: a later crash cannot lose it."""
         self.rows[row.path] = row
-        self._fh.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+        self._fh.write(_row_line(row))
         self._fh.flush()
         self._dirty += 1
 
@@ -209,8 +223,7 @@ class Manifest:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
-        atomic_write(self.path, "".join(json.dumps(row.to_dict(), ensure_ascii=False) + "\n"
-                                        for row in self.rows.values()))
+        atomic_write(self.path, "".join(_row_line(row) for row in self.rows.values()))
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._dirty = 0
 
@@ -256,9 +269,14 @@ def export_parquet(rows: Iterable[ManifestRow], path: str | Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def utf8(v):  # Parquet strings are UTF-8: a surrogate-escaped byte (see _row_line) is shown as `\udcXX`
+        if isinstance(v, str) and _SURROGATE.search(v):
+            return v.encode("utf-8", "backslashreplace").decode("utf-8")
+        return [utf8(x) for x in v] if isinstance(v, list) else v
+
     records = []
     for r in rows:
-        d = asdict(r)
+        d = {k: utf8(v) for k, v in asdict(r).items()}
         d["tag_scores"] = json.dumps(d["tag_scores"]) if d["tag_scores"] is not None else None
         d["extra"] = json.dumps(d["extra"]) if d["extra"] else None
         records.append(d)
