@@ -1,5 +1,6 @@
-"""Training captions are encoded exactly as generation encodes prompts: A1111 emphasis, 75-token chunks
-(`data.max_chunks`), SDXL pooled output. The reference is the generation path itself
+"""Weighted training captions (`data.weighted_captions`) are encoded exactly as generation encodes prompts:
+A1111 emphasis, 75-token chunks (`data.max_chunks`), SDXL pooled output (plain captions, the default:
+`test_captions_plain.py`). The reference is the generation path itself
 (`animegen.prompts.encode.encode_prompts` on a freshly loaded pipeline, as `animegen generate` uses it)."""
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _trainer(tmp_path, model_dir, **sections) -> Trainer:
 
 
 def test_sd15_caption_emphasis_and_chunks_match_generation(tmp_path, tiny_sd15_dir):
-    trainer = _trainer(tmp_path, tiny_sd15_dir)
+    trainer = _trainer(tmp_path, tiny_sd15_dir, data={"weighted_captions": True})
     gen = load_pipeline(tiny_sd15_dir, device="cpu", dtype=torch.float32)
     with torch.no_grad():
         ours, _ = trainer.encode_text([EMPHASIS])
@@ -53,7 +54,8 @@ def test_max_chunks_truncates_like_kohya_max_token_length(tmp_path, tiny_sd15_di
 
 def test_sdxl_caption_matches_generation_and_trains_the_text_encoders(tmp_path, tiny_sdxl_dir):
     trainer = _trainer(tmp_path, tiny_sdxl_dir, adapter={"kind": "lora", "rank": 2, "alpha": 2.0,
-                                                         "train_text_encoder": True})
+                                                         "train_text_encoder": True},
+                       data={"weighted_captions": True})
     gen = load_pipeline(tiny_sdxl_dir, device="cpu", dtype=torch.float32)
     for module in (trainer.pipe.text_encoder, trainer.pipe.text_encoder_2):
         module.eval()  # adapter dropout is 0 anyway; eval makes the comparison independent of that

@@ -54,8 +54,12 @@ def run_command(
     if not result.finished:
         typer.echo(f"stopped after step {result.step}; continue with --resume")
         return
-    for fmt, path in result.exported.items():
-        typer.echo(f"{fmt}: {path}")
+    from animegen.train.config import stage_config
+    from animegen.train.export import export_summary
+
+    final = stage_config(cfg, len(cfg.stages) - 1) if cfg.stages else cfg
+    for line in export_summary(final, result.exported):
+        typer.echo(line)
 
 
 @app.command("init")

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from animegen.core.files import atomic_dir, load_torch_file
+from animegen.core.tensors import non_finite
 
 PREFIX = "step-"
 
@@ -31,11 +32,6 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
-
-
-def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the tensors holding NaN or inf. Weights can overflow to inf steps before the loss is NaN."""
-    return [k for k, v in weights.items() if not bool(torch.isfinite(v).all())]
 
 
 def last_good_checkpoint(output_dir: str | Path) -> Path | None:

@@ -24,6 +24,10 @@ AdapterKind = Literal["lora", "locon", "loha", "lokr", "ia3", "dora", "full"]
 TargetPreset = Literal["cross_attention", "attention", "attention_ff", "attention_ff_conv"]
 
 
+CAPTION_EXTENSIONS = (".txt", ".caption")
+"""Caption files looked for next to an image in a kohya folder, in this order (`caption_extension`)."""
+
+
 class ConfigError(AnimegenError):
     """A bad configuration key or value; the message names the key and what is allowed."""
 
@@ -86,12 +90,26 @@ class DatasetEntry(_Section):
     kind: Literal["auto", "kohya", "manifest", "webdataset"] = "auto"
     repeats: int = Field(1, ge=1)
     weight: float = Field(1.0, gt=0)
-    caption_extension: str = ".txt"
+    caption_extension: list[str] = Field(default_factory=lambda: list(CAPTION_EXTENSIONS), description=(
+        "kohya folders: the caption file of `img.png` is `img<ext>`, the first of these that exists (one "
+        "extension or a list; the leading dot may be left out, as in kohya). kohya's own default is "
+        "`.caption`; both are looked for, `.txt` first as `animegen data ingest` reads sidecars."))
     caption_columns: list[str] = Field(default_factory=lambda: ["caption"])
     is_reg: bool = Field(False, description=(
         "A regularisation (prior-preservation) set, kohya's `reg_data_dir`: the base model's own images for a "
         "class prompt (e.g. '1girl'), captioned with it. Keeps prompts without the trigger where they were; "
         "its loss is scaled by loss.prior_loss_weight and it is never held out for validation."))
+
+    @field_validator("caption_extension", mode="before")
+    @classmethod
+    def _extensions(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            if not v or not all(isinstance(e, str) and e.strip(".") for e in v):
+                raise ValueError("give one file extension or a non-empty list, e.g. \".txt\" or [\".txt\", \".caption\"]")
+            v = [e if e.startswith(".") else "." + e for e in v]
+        return v
 
 
 class DataSection(_Section):
@@ -112,9 +130,12 @@ class DataSection(_Section):
         "Longer captions are cut after this many chunks; 1 = kohya's default 75-token truncation, 2/3 = "
         "kohya's max_token_length 150/225. Default 3 so long tag captions train as they are prompted."))
     clip_skip: int = Field(1, ge=1, description="A1111 numbering (1 = no skip), as in `animegen generate`.")
+    weighted_captions: bool = Field(False, description=(
+        "Read captions as A1111 prompt syntax: `(tag:1.2)` weights, `\\(` escapes, BREAK (kohya's "
+        "`--weighted_captions`). Off (the default), the text encoder sees exactly the caption's characters, "
+        "so a tag like `skadi (arknights)` trains as written; typed later as a prompt it is `skadi \\(arknights\\)`."))
     emphasis: Literal["Original", "No norm", "Ignore", "None"] = Field("Original", description=(
-        "How `(tag:1.2)` in captions is read, as in generation; 'None' reads parentheses literally "
-        "(escape them as `\\(` in tag captions otherwise, as for prompts)."))
+        "With weighted_captions = true: how the weights are applied, as in generation."))
     cache_latents: bool = True
     cache_text_embeddings: bool = True
     cache_dir: str | None = None

@@ -5,6 +5,13 @@ Determinism is the point of the design: the batch sequence is a pure function of
 per-sample randomness (flip, crop, caption shuffle/dropout) of (seed, step, position in the global
 batch). That makes `--resume` exact and lets N processes split one global batch and see the same
 samples one process would.
+
+Captions and repeats follow kohya sd-scripts' DreamBooth folders: `N_name/` repeats its images N times, an
+image's caption is the first `img<caption_extension>` found (`.txt`, then `.caption`, by default), and an image
+without one trains with the class token `name`. Unlike kohya, an empty caption file also takes the class token
+(kohya stops with an assertion). An item's `repeats` is its expected showings per epoch: the folder's N, or a
+manifest row's exposure (`animegen.data.balance.exposure`: weight once, 0 = never), times the dataset's own
+`repeats * weight`. `TrainData.summary()` is what the trainer prints before step 1.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import random
 import tarfile
@@ -27,6 +35,8 @@ from animegen.core.errors import AnimegenError
 from animegen.core.files import IMAGE_EXTENSIONS, is_image_file
 from animegen.core.seeds import derive_rng, derive_unit
 from animegen.train.config import DataSection, DatasetEntry
+
+log = logging.getLogger(__name__)
 
 
 class DataError(AnimegenError):
@@ -44,6 +54,8 @@ class Item:
     bucket: tuple[int, int] = (0, 0)
     dataset: int = 0
     is_reg: bool = False  # from a regularisation (prior-preservation) dataset
+    caption_found: str = "ok"  # what the reader found: "ok", "missing" (no caption) or "empty" (blank)
+    class_token: bool = False  # the caption is the `N_name` folder's class token (none was found)
 
     def read_bytes(self) -> bytes:
         if "::" in self.source:
@@ -77,34 +89,51 @@ def open_item_image(item: Item) -> Image.Image:
 # ---------------------------------------------------------------- readers
 
 
+def _read_caption_file(img: Path, extensions: list[str]) -> str | None:
+    """The text of the first `img<ext>` that exists (stripped), or None when there is none."""
+    for ext in extensions:
+        cap_file = img.with_suffix(ext)
+        if cap_file.is_file():
+            try:
+                return cap_file.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                raise DataError(f"{cap_file}: not UTF-8 text; save the caption as UTF-8") from None
+    return None
+
+
 def _read_kohya(root: Path, entry: DatasetEntry, index: int) -> list[Item]:
-    """kohya layout: `root/N_name/img.png` + `img.txt`; N is the repeat count. A flat folder is N=1."""
-    folders: list[tuple[Path, int]] = []
+    """kohya layout: `root/N_name/img.png` + `img.txt`; N is the repeat count, `name` the class token
+    (kohya: the folder name after the first `_`). Images directly in `root` are N=1 without a class token."""
+    folders: list[tuple[Path, int, str]] = []
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     for sub in subdirs:
-        head = sub.name.split("_", 1)[0]
+        head, _, name = sub.name.partition("_")
         if head.isdigit():
-            folders.append((sub, int(head)))
+            folders.append((sub, int(head), name))
     if any(is_image_file(p) for p in root.iterdir()):
-        folders.append((root, 1))
+        folders.append((root, 1, ""))
     if not folders:
         raise DataError(f"{root}: no images and no `N_name` repeat folders (e.g. `10_mychar/`) found")
     items: list[Item] = []
-    for folder, n in folders:
+    for folder, n, class_token in folders:
         for img in sorted(folder.iterdir()):
             if not is_image_file(img):
                 continue
-            cap_file = img.with_suffix(entry.caption_extension)
-            caption = cap_file.read_text(encoding="utf-8").strip() if cap_file.exists() else ""
-            items.append(Item(str(img), [caption], n * entry.repeats * entry.weight, dataset=index))
+            text = _read_caption_file(img, entry.caption_extension)
+            item = Item(str(img), [text or class_token], n * entry.repeats * entry.weight, dataset=index,
+                        caption_found="missing" if text is None else "empty" if not text else "ok",
+                        class_token=not text and bool(class_token))
+            items.append(item)
     return items
 
 
 def _read_manifest(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
     """An `animegen data` manifest (`manifest.jsonl`, see `animegen.data.manifest`): rows with status "ok"
-    train; the row's own `repeats` and `weight` (from `animegen data balance`) multiply the dataset's.
+    train; the row's exposure (`animegen.data.balance.exposure`: its `repeats`, else its `weight`; 0 = never)
+    multiplies the dataset's `repeats * weight`.
     A list column (e.g. `tags`) joins to a comma-separated caption. A row with none of the configured
     columns gets the caption `animegen data export` would write for it (caption, else tags, else sidecar)."""
+    from animegen.data.balance import exposure
     from animegen.data.export import row_caption
     from animegen.data.manifest import MANIFEST_NAME, read_rows
 
@@ -123,17 +152,21 @@ def _read_manifest(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
                 value = ", ".join(str(v) for v in value)
             if value:
                 captions.append(str(value).strip())
-        repeats = entry.repeats * entry.weight * (row.repeats or 1) * (row.weight if row.weight is not None else 1.0)
-        items.append(Item(str(img_path), captions or [row_caption(row)], repeats, dataset=index))
+        fallback = "" if captions else row_caption(row)
+        items.append(Item(str(img_path), captions or [fallback], entry.repeats * entry.weight * exposure(row),
+                          dataset=index, caption_found="ok" if captions or fallback else "missing"))
     return items
 
 
 def _read_webdataset(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
-    """WebDataset shards (`*.tar`): members grouped by key; image + `.txt` or `.json` caption."""
+    """WebDataset shards (`*.tar`): members grouped by key; image + `.txt` or `.json` caption. Copies of one
+    image (`animegen data export` writes a row once per repeat, same json `sha256`) are one item whose
+    repeats count the copies: one latent, one validation-split decision."""
     shards = sorted(path.glob("*.tar")) if path.is_dir() else [path]
     if not shards:
         raise DataError(f"{path}: no .tar shards found")
     items: list[Item] = []
+    by_sha: dict[str, Item] = {}
     for shard in shards:
         groups: dict[str, dict[str, tarfile.TarInfo]] = {}
         with tarfile.open(shard) as tf:
@@ -147,17 +180,38 @@ def _read_webdataset(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
                 if img_ext is None:
                     continue
                 captions = []
+                meta = json.loads(tf.extractfile(g["json"]).read()) if "json" in g else {}
+                meta = meta if isinstance(meta, dict) else {}
                 if "txt" in g:
                     captions.append(tf.extractfile(g["txt"]).read().decode("utf-8").strip())
-                elif "json" in g:
-                    meta = json.loads(tf.extractfile(g["json"]).read())
+                else:
                     for col in entry.caption_columns:
                         if meta.get(col):
                             v = meta[col]
                             captions.append(", ".join(v) if isinstance(v, list) else str(v))
-                items.append(Item(f"{shard}::{g[img_ext].name}", captions or [""],
-                                  entry.repeats * entry.weight, dataset=index))
+                sha = meta.get("sha256")
+                if sha and sha in by_sha:
+                    by_sha[sha].repeats += entry.repeats * entry.weight
+                    continue
+                found = "missing" if not captions else "ok" if captions[0] else "empty"
+                item = Item(f"{shard}::{g[img_ext].name}", captions or [""], entry.repeats * entry.weight,
+                            dataset=index, caption_found=found)
+                items.append(item)
+                if sha:
+                    by_sha[sha] = item
     return items
+
+
+def dataset_kind(entry: DatasetEntry) -> str:
+    """`entry.kind`, with "auto" resolved from what is at the path."""
+    path = Path(entry.path)
+    if entry.kind != "auto":
+        return entry.kind
+    if (path.is_file() and path.suffix in (".jsonl", ".json")) or (path / "manifest.jsonl").is_file():
+        return "manifest"
+    if path.suffix == ".tar" or (path.is_dir() and any(path.glob("*.tar"))):
+        return "webdataset"
+    return "kohya"
 
 
 def read_dataset(entry: DatasetEntry, index: int = 0) -> list[Item]:
@@ -165,14 +219,7 @@ def read_dataset(entry: DatasetEntry, index: int = 0) -> list[Item]:
     path = Path(entry.path)
     if not path.exists():
         raise DataError(f"data.datasets[{index}].path: {str(path)!r} does not exist")
-    kind = entry.kind
-    if kind == "auto":
-        if (path.is_file() and path.suffix in (".jsonl", ".json")) or (path / "manifest.jsonl").is_file():
-            kind = "manifest"
-        elif path.suffix == ".tar" or (path.is_dir() and any(path.glob("*.tar"))):
-            kind = "webdataset"
-        else:
-            kind = "kohya"
+    kind = dataset_kind(entry)
     reader = {"kohya": _read_kohya, "manifest": _read_manifest, "webdataset": _read_webdataset}[kind]
     items = reader(path, entry, index)
     if not items:
@@ -289,6 +336,10 @@ class TrainData:
             raise DataError("data.validation_split leaves no training images; lower it")
         return data
 
+    def summary(self) -> DataSummary:
+        """What each dataset brings (images, repeats, buckets, captions, tags): printed before step 1."""
+        return summarize(self.cfg.datasets, self.train, self.val)
+
     def epoch_batches(self, epoch: int, batch_size: int) -> list[list[int]]:
         """Global batches (item indices) of one epoch: each item `repeats` times (fractional part drawn),
         shuffled within its bucket, chunked, short chunks filled from the same bucket, batches shuffled."""
@@ -329,6 +380,95 @@ class TrainData:
                         yield step, epoch, b
                     step += 1
             epoch += 1
+
+
+# ---------------------------------------------------------------- the summary before step 1
+
+
+@dataclass
+class DatasetSummary:
+    """One configured dataset as training uses it. Counts are over all its images (training and held out);
+    `images_x_repeats` is the training images' showings per epoch (kohya's "images * repeats")."""
+
+    index: int
+    path: str
+    kind: str
+    is_reg: bool
+    images: int
+    held_out: int
+    repeats: dict[float, int]  # repeats per image -> images with that many
+    images_x_repeats: float
+    buckets: dict[str, int]  # "WxH" -> images
+    captions_missing: int  # no caption file / column / member
+    captions_empty: int  # a caption that is blank
+    captions_from_class_token: int  # of those, given the `N_name` folder's class token
+    captions_final_empty: int  # train with "" after every fallback
+    top_tags: list[tuple[str, int]]
+
+    def format(self) -> str:
+        repeats = ", ".join(f"{r:g} ({n} images)" for r, n in self.repeats.items())
+        buckets = ", ".join(f"{b}: {n}" for b, n in self.buckets.items())
+        tags = ", ".join(f"{t} {n}" for t, n in self.top_tags) or "none"
+        held = f" ({self.held_out} held out)" if self.held_out else ""
+        return (f"dataset {self.index}{' (reg)' if self.is_reg else ''} [{self.kind}] {self.path}: "
+                f"{self.images} images{held}, images x repeats {self.images_x_repeats:g}\n"
+                f"  repeats {repeats}; buckets {buckets}\n"
+                f"  captions: {self.captions_missing} missing, {self.captions_empty} empty, "
+                f"{self.captions_from_class_token} from the class token, {self.captions_final_empty} train empty\n"
+                f"  top tags: {tags}")
+
+
+@dataclass
+class DataSummary:
+    datasets: list[DatasetSummary]
+    warnings: list[str]
+
+    @property
+    def images_x_repeats(self) -> float:
+        """Training images x repeats outside regularisation sets: kohya's `ss_num_train_images`."""
+        return sum(d.images_x_repeats for d in self.datasets if not d.is_reg)
+
+    def format(self) -> str:
+        return "\n".join(["training data:", *(d.format() for d in self.datasets)])
+
+    def log(self) -> None:
+        for w in self.warnings:
+            log.warning(w)
+
+
+TOP_TAGS = 10
+
+
+def summarize(entries: list[DatasetEntry], train: list[Item], val: list[Item]) -> DataSummary:
+    from collections import Counter
+
+    from animegen.prompts.tags import split_tags
+
+    held = {id(it) for it in val}
+    out, warnings = [], []
+    for i, entry in enumerate(entries):
+        items = [it for it in train + val if it.dataset == i]
+        trained = [it for it in items if id(it) not in held]
+        tags = Counter(t for it in items for t in split_tags(it.captions[0]))
+        final_empty = sum(not it.captions[0] for it in items)
+        d = DatasetSummary(
+            i, entry.path, dataset_kind(entry), entry.is_reg, len(items), len(items) - len(trained),
+            dict(sorted(Counter(float(it.repeats) for it in items).items(), reverse=True)),
+            sum(it.repeats for it in trained),
+            {f"{w}x{h}": n for (w, h), n in sorted(Counter(it.bucket for it in items).items())},
+            sum(it.caption_found == "missing" for it in items), sum(it.caption_found == "empty" for it in items),
+            sum(it.class_token for it in items), final_empty, tags.most_common(TOP_TAGS))
+        out.append(d)
+        where = f"data.datasets[{i}] ({entry.path})"
+        if items and final_empty == len(items):
+            warnings.append(
+                f"{where}: every caption is empty ({d.captions_missing} images without a caption, "
+                f"{d.captions_empty} blank): this trains no prompt at all. Write captions next to the images "
+                f"(looked for {', '.join(entry.caption_extension)}), set caption_extension / caption_columns, or "
+                "name kohya folders `N_token` to caption them with `token`")
+        elif final_empty:
+            warnings.append(f"{where}: {final_empty} of {len(items)} images train with an empty caption")
+    return DataSummary(out, warnings)
 
 
 def make_caption(item: Item, cfg: DataSection, rng: random.Random) -> str:

@@ -1,6 +1,12 @@
 """Export trained weights: adapters as kohya/A1111 `.safetensors` (with `ss_*` training metadata) and
 diffusers-format LoRA files; full fine-tunes as a diffusers folder and an A1111 single file.
 
+Each file is named for what loads it (`LOADERS`, docs/training-exports.md): `NAME.safetensors` is the
+kohya/LyCORIS file (A1111 and animegen load every kind, ComfyUI all but IA3); `NAME_diffusers.safetensors`
+is written only for LoRA/LoCon, the kinds diffusers' `pipe.load_lora_weights` loads. diffusers has no IA3, LoHa,
+LoKr or full-diff loader, so for those kinds a requested "diffusers" export is skipped and the trainer's
+final message says why (earlier versions wrote one anyway; animegen still reads those files).
+
 Adapters go through `animegen.models.lora` so generation loads exactly what was trained. Each peft
 layer's effective weight change is measured by merging it into a copy of the base weight (peft's
 own merge, so DoRA and IA3's bias scaling are included); the layer is then stored in its native
@@ -24,6 +30,24 @@ from animegen.train.config import TrainConfig
 
 # adapter kinds the trainer offers that are stored as another LoRA algorithm (`models.lora.algorithms`)
 _LORA_KIND = {"locon": "lora", "dora": "lora"}
+
+#: adapter kinds whose diffusers-layout file diffusers' `pipe.load_lora_weights` loads
+DIFFUSERS_LORA_KINDS = frozenset({"lora", "locon"})
+
+_ALL = "A1111, ComfyUI and animegen"
+#: (kind, export format) -> what loads that file; tests/train/test_export_loads.py checks the diffusers and
+#: animegen claims, A1111's and ComfyUI's LoRA loaders (network_*.py, comfy/lora.py) are the reference for theirs
+LOADERS: dict[tuple[str, str], str] = {
+    **{(k, "kohya"): "A1111, ComfyUI, diffusers' load_lora_weights and animegen" for k in DIFFUSERS_LORA_KINDS},
+    **{(k, "diffusers"): "diffusers' load_lora_weights and animegen" for k in DIFFUSERS_LORA_KINDS},
+    ("loha", "kohya"): _ALL, ("lokr", "kohya"): _ALL,
+    ("dora", "kohya"): _ALL + "; stored as full weight differences",
+    ("ia3", "kohya"): "A1111 and animegen; ComfyUI has no IA3 loader",
+    ("full", "diffusers"): "diffusers' from_pretrained and animegen",
+    ("full", "single_file"): _ALL,
+}
+_NO_DIFFUSERS_LOADER = {"ia3": "has no IA3 loader", "loha": "has no LoHa loader", "lokr": "has no LoKr loader",
+                        "dora": "cannot load full weight differences, the form DoRA is exported in"}
 
 
 def _peft_layers(module: torch.nn.Module):
@@ -200,11 +224,23 @@ def export_adapters(modules: dict[str, torch.nn.Module], config: TrainConfig, ou
     written: dict[str, Path] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     for fmt in config.export.formats:
+        if fmt == "diffusers" and config.adapter.kind not in DIFFUSERS_LORA_KINDS:
+            continue  # a file named for diffusers that diffusers cannot load; `export_summary` says so
         suffix = "" if fmt == "kohya" else "_diffusers"
         path = out_dir / f"{config.export.name}{suffix}.safetensors"
         write_lora(lora, path, format=fmt, metadata=metadata)
         written[fmt] = path
     return written
+
+
+def export_summary(config: TrainConfig, written: dict[str, Path]) -> list[str]:
+    """The trainer's final lines: each written file and what loads it, and each requested format not written."""
+    kind = config.adapter.kind
+    lines = [f"{fmt}: {path} (loads in {LOADERS.get((kind, fmt), 'animegen')})" for fmt, path in written.items()]
+    if "diffusers" in config.export.formats and "diffusers" not in written and kind in _NO_DIFFUSERS_LOADER:
+        lines.append(f"diffusers: not written: diffusers' load_lora_weights {_NO_DIFFUSERS_LOADER[kind]}; use the "
+                     "kohya file above (docs/training-exports.md)")
+    return lines
 
 
 def export_full(pipe, config: TrainConfig, out_dir: Path, metadata: dict[str, str]) -> dict[str, Path]:

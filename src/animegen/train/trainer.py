@@ -36,7 +36,14 @@ from animegen.train.checkpoint import (
     save_checkpoint,
 )
 from animegen.train.config import TrainConfig, stage_config, stage_names
-from animegen.train.data import TrainData, make_caption, open_item_image, resize_to_bucket, step_rng
+from animegen.train.data import (
+    DataSummary,
+    TrainData,
+    make_caption,
+    open_item_image,
+    resize_to_bucket,
+    step_rng,
+)
 from animegen.train.loss import diffusion_loss, draw_noise, make_noise_scheduler, sample_generator, target_for
 from animegen.train.optim import make_lr_scheduler, make_optimizer
 
@@ -82,6 +89,7 @@ class TrainResult:
     exported: dict[str, Path] = field(default_factory=dict)
     samples: list[Path] = field(default_factory=list)
     finished: bool = True
+    dataset_summary: DataSummary | None = None  # what was printed before step 1
 
 
 class _CallThrough:
@@ -222,15 +230,19 @@ class Trainer:
                 self.latent_cache.get(it, f, self._encode_image)
 
     def _encode_text_uncached(self, caption: str) -> tuple[torch.Tensor, ...]:
-        """One caption through the prompt encoder generation uses (emphasis, 75-token chunks, clip skip),
-        with the (possibly DDP-wrapped, trained) text encoders; gradients flow when they train."""
+        """One caption through the prompt encoder generation uses (75-token chunks, clip skip), with the
+        (possibly DDP-wrapped, trained) text encoders; gradients flow when they train. The caption is plain
+        text (every character to the tokenizer, as kohya) unless `data.weighted_captions`: then A1111
+        emphasis applies, as in a prompt. Long captions chunk as generation chunks a prompt (A1111's comma
+        back-tracking), not at kohya's fixed 75-token cuts, so a caption and the same prompt match."""
         from animegen.prompts.encode import encode_text
 
         pipe, d = self.pipe, self.config.data
         names = self.family.components
         encoders = [_CallThrough(self.wrapped.get(n, getattr(pipe, n)), getattr(pipe, n)) for n in names]
         tokenizers = [getattr(pipe, te.tokenizer) for te in self.family.text_encoders]
-        out = encode_text(tokenizers, encoders, [caption], clip_skip=d.clip_skip, emphasis=d.emphasis,
+        emphasis = d.emphasis if d.weighted_captions else "None"  # "None": no parsing at all, as A1111
+        out = encode_text(tokenizers, encoders, [caption], clip_skip=d.clip_skip, emphasis=emphasis,
                           arch=self.family.name, max_chunks=d.max_chunks)
         return (out.embeds[0],) if out.pooled is None else (out.embeds[0], out.pooled[0])
 
@@ -395,6 +407,10 @@ class Trainer:
         prepare_output_dir(self.output_dir, resume=resume, overwrite=cfg.train.overwrite, clear=acc.is_main_process)
         acc.wait_for_everyone()
         self.setup()
+        summary = self.data.summary()
+        if acc.is_main_process:  # before the latents are cached: a wrong dataset shows before any work
+            acc.print(summary.format())
+            summary.log()
         start = self.restore() if resume else 0
         self.precache()
         writer = None
@@ -402,7 +418,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.output_dir / "logs"))
-        result = TrainResult(self.output_dir, start)
+        result = TrainResult(self.output_dir, start, dataset_summary=summary)
         started = time.time()
         accum = cfg.train.gradient_accumulation_steps
         global_bs = cfg.train.batch_size * acc.num_processes
@@ -456,12 +472,15 @@ class Trainer:
             return {}
         cfg = self.config
         concept = [it for it in self.data.train if not it.is_reg]
+        reg = [it for it in self.data.train if it.is_reg]
         trained_with = self.noise_scheduler.config  # the base's schedule unless the config overrode it
+        # kohya counts images x repeats (a fractional weight: its expected showings, rounded)
         meta = kohya_metadata(cfg, family=self.family, steps=cfg.train.max_steps,
-                              num_images=len(concept), started_at=started, tag_frequency=tag_frequency(concept),
+                              num_images=round(sum(it.repeats for it in concept)), started_at=started,
+                              tag_frequency=tag_frequency(concept),
                               v_prediction=trained_with.prediction_type == "v_prediction",
                               zero_terminal_snr=bool(trained_with.rescale_betas_zero_snr))
-        meta["ss_num_reg_images"] = str(len(self.data.train) - len(concept))
+        meta["ss_num_reg_images"] = str(round(sum(it.repeats for it in reg)))
         meta["ss_prior_loss_weight"] = str(cfg.loss.prior_loss_weight)
         out = self.output_dir / "export"
         if cfg.adapter.kind == "full":

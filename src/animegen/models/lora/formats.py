@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 
 from animegen.core.files import WeightsFileError, atomic_path, read_weights
+from animegen.core.tensors import non_finite
 from animegen.models.family import SD1, SDXL, ModelFamily, family_of
 from animegen.models.ldm_names import clip_class_has_text_model_level, text_path_for
 from animegen.models.lora import lora
@@ -150,9 +151,9 @@ def lora_from_state_dict(state_dict: dict[str, torch.Tensor], metadata: dict[str
     modules: dict[str, LoraModule] = {}
     bad: list[str] = []
     for target, tensors in groups.items():
-        non_finite = sorted(s for s, t in tensors.items() if t.is_floating_point() and not t.isfinite().all())
-        if non_finite:  # merged, they turn every image black
-            bad.append(f"{target}: non-finite values (NaN/inf) in {', '.join(non_finite)}")
+        damaged = sorted(non_finite(tensors))
+        if damaged:  # merged, they turn every image black
+            bad.append(f"{target}: non-finite values (NaN/inf) in {', '.join(damaged)}")
             continue
         alpha_t = tensors.pop("alpha", None)
         try:
