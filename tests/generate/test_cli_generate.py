@@ -50,5 +50,5 @@ def test_user_errors_are_one_line_not_tracebacks(tiny_sd15_dir, tmp_path):
 def test_samplers_command_lists_a1111_names():
     r = runner.invoke(app, ["samplers"])
     assert r.exit_code == 0
-    for name in ("Euler a", "DPM++ 2M Karras", "DPM++ SDE Karras", "UniPC", "LMS"):
+    for name in ("Euler a", "DPM++ 2M ", "DPM++ SDE ", "UniPC", "LMS", "Automatic = Karras", "Align Your Steps"):
         assert name in r.output

@@ -9,7 +9,7 @@ import typer
 
 from animegen.cli.common import fail, user_errors
 from animegen.core.files import atomic_path, writable_folder
-from animegen.generate.request import DEFAULT_CFG, DEFAULT_SAMPLER, DEFAULT_STEPS, parse_lora_spec
+from animegen.generate.request import DEFAULT_CFG, DEFAULT_RNG, DEFAULT_SAMPLER, DEFAULT_STEPS, parse_lora_spec
 
 
 def _next_index(out: Path) -> int:
@@ -41,6 +41,10 @@ def generate_command(
     hires_scale: float = typer.Option(1.0, help="Hires fix upscale factor (1 = off)."),
     hires_steps: int = typer.Option(0, help="Hires fix steps (0 = same as --steps)."),
     hires_denoise: float = typer.Option(0.5, help="Hires fix denoising strength."),
+    rng: Optional[str] = typer.Option(None, help=f"Noise source, A1111's 'RNG': GPU, CPU or NV (default {DEFAULT_RNG}; "
+                                      "GPU without CUDA draws NV, the same numbers; CPU is animegen's old noise)."),
+    eta_noise_seed_delta: Optional[int] = typer.Option(None, help="A1111's ENSD: seed offset of ancestral noise "
+                                                       "(e.g. 31337; default 0 = off)."),
     out: Path = typer.Option(Path("outputs"), help="Output folder."),
     from_png: Optional[Path] = typer.Option(None, help="Re-run the generation recorded in this PNG's infotext."),
     vae: Optional[str] = typer.Option(None, help="VAE override: folder or single file."),
@@ -55,6 +59,8 @@ def generate_command(
                                            help="torch.compile the UNet (slow first call, cached after)."),
     vae_tiling: Optional[bool] = typer.Option(None, "--vae-tiling/--no-vae-tiling",
                                               help="Decode large images tile by tile to save memory."),
+    nan_check: bool = typer.Option(True, "--nan-check/--no-nan-check",
+                                   help="Refuse images whose latents or pixels hold NaN/inf (A1111's NaN check)."),
 ) -> None:
     """Generate images; each PNG carries A1111-compatible infotext."""
     from tqdm import tqdm
@@ -62,13 +68,15 @@ def generate_command(
     from animegen.data.image_io import open_image
     from animegen.generate import GenerationRequest, Generator, read_png_infotext, request_from_infotext, save_png
 
+    # given explicitly, they apply with --from-png too; otherwise the request's (or the infotext's) values stand
+    noise = {k: v for k, v in (("rng", rng), ("eta_noise_seed_delta", eta_noise_seed_delta)) if v is not None}
     with user_errors():
         writable_folder(out)  # a read-only --out fails now, not after the images are made
         if from_png is not None:
             text = read_png_infotext(from_png)
             if text is None:
                 fail(f"{from_png} has no 'parameters' infotext to re-run")
-            request = request_from_infotext(text, n=n, batch_size=batch_size)
+            request = request_from_infotext(text, n=n, batch_size=batch_size, **noise)
         elif prompt is None:
             fail("give a PROMPT, or --from-png FILE to re-run an image")
         else:
@@ -77,14 +85,15 @@ def generate_command(
                 cfg_scale=cfg, seed=seed, width=width, height=height, clip_skip=clip_skip,
                 loras=[parse_lora_spec(x) for x in lora], n=n, batch_size=batch_size,
                 init_image=open_image(init_image) if init_image else None, strength=strength,
-                hires_scale=hires_scale, hires_steps=hires_steps, hires_denoise=hires_denoise)
+                hires_scale=hires_scale, hires_steps=hires_steps, hires_denoise=hires_denoise, **noise)
         request.validate()
         from animegen.generate.speed import SpeedupConfig
 
         speedups = SpeedupConfig(channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile,
                                  vae_tiling=vae_tiling)
         generator = Generator(model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                              lora_dir=lora_dir, preset_file=preset_file, speedups=speedups)
+                              lora_dir=lora_dir, preset_file=preset_file, speedups=speedups,
+                              nan_check=nan_check)
         if from_png is not None:
             for path, _ in (parse_lora_spec(x) for x in lora):
                 generator.register_lora(path)  # names for the <lora:...> tags recorded in the prompt
@@ -117,12 +126,15 @@ def generate_command(
 
 
 def samplers_command() -> None:
-    """List the A1111 sampler names animegen understands and the diffusers scheduler behind each."""
+    """List the A1111 1.10 sampler names animegen understands, their aliases and default schedule type."""
     from animegen.generate.samplers import SAMPLERS
+    from animegen.generate.schedules import SCHEDULE_TYPES
 
     for s in SAMPLERS.values():
-        opts = ", ".join(f"{k}={v}" for k, v in s.options.items())
-        typer.echo(f"{s.name:<22} {s.scheduler_class.__name__}{f' ({opts})' if opts else ''}")
+        schedule = "(ignores Schedule type)" if s.kind == "timesteps" else \
+            f"Automatic = {s.options.get('scheduler', 'uniform').replace('_', ' ').title()}"
+        typer.echo(f"{s.name:<20} {schedule:<28} aliases: {', '.join(s.aliases)}")
+    typer.echo(f"schedule types: {', '.join(SCHEDULE_TYPES)}")
 
 
 def register(app: typer.Typer) -> None:

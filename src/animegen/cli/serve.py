@@ -30,6 +30,8 @@ def serve(
                                   help="Bearer token accepted instead of basic credentials."),
     max_queue: int = typer.Option(None, "--max-queue", help="Waiting jobs before answering 429 (default 16)."),
     ui: bool = typer.Option(None, "--ui/--no-ui", help="Mount the Gradio web UI at / (default on)."),
+    nan_check: bool = typer.Option(None, "--nan-check/--no-nan-check",
+                                   help="Refuse images with NaN/inf latents or pixels (default on)."),
     config: Path = typer.Option(None, "--config", help="TOML file with a [serve] table (flags override it)."),
 ) -> None:
     """Serve AUTOMATIC1111's /sdapi/v1 API (docs at /docs) and a web UI at / from one model worker."""
@@ -41,6 +43,7 @@ def serve(
         "model": model, "model_dir": model_dir, "lora_dir": lora_dir, "vae": vae, "device": device,
         "dtype": dtype, "host": host, "port": port, "listen": listen or None, "api_auth": api_auth,
         "api_token": api_token, "max_queue": max_queue, "ui": ui,
+        "nan_check": nan_check,
     }
     try:
         if config is not None:

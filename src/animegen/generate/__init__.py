@@ -10,5 +10,5 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "infotext": ("format_infotext", "parse_infotext", "read_png_infotext", "save_png"),
     "oneshot": "generate_images",
     "request": ("GenerationRequest", "request_from_infotext"),
-    "samplers": ("SAMPLERS", "make_scheduler", "resolve_sampler"),
+    "samplers": ("SAMPLERS", "resolve_sampler"),
 })

@@ -1,10 +1,12 @@
 """The generation engine: one loaded model, many requests.
 
-It is a thin layer over diffusers' own Stable Diffusion pipelines: we hand them A1111-weighted
-prompt embeddings (`animegen.prompts.encode`), a scheduler picked by A1111 sampler name, and
-per-image CPU generators, so with no LoRA and no emphasis the pixels are exactly diffusers'.
-Seeds come from CPU generators (as ComfyUI does) so a seed gives the same composition on any device,
-and image k of a batch equals image k generated alone with seed+k.
+It holds a diffusers Stable Diffusion pipeline for its modules (text encoders, UNet, VAE) and samples
+as A1111 1.10 does (`kpipeline`: A1111's samplers, schedule types and noise over that UNet), from
+A1111-weighted prompt embeddings (`animegen.prompts.encode`). Noise comes from per-image CPU generators
+(A1111's "RNG: CPU") so a seed gives the same composition on any device, and image k of a batch equals
+image k generated alone with seed+k. NaN/inf in a pass's final latents or
+decoded pixels is an error naming the stage (`generate.nan_check`, A1111's NansException), unless
+`nan_check=False`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,10 @@ from PIL import Image
 from animegen import __version__
 from animegen.core.errors import AnimegenError
 from animegen.generate.infotext import format_infotext
+from animegen.generate.kpipeline import KPipeline
+from animegen.generate.nan_check import check_output
 from animegen.generate.request import GenerationRequest, ResolvedRequest, lora_tag_text, resolve
-from animegen.generate.samplers import make_scheduler, resolve_sampler
+from animegen.generate.samplers import img2img_steps, resolve_sampler
 from animegen.models.family import family_of
 
 Progress = Callable[[int, int], None]
@@ -50,13 +55,14 @@ class Generator:
     `Generator(pipe=existing)` borrows a pipeline the caller owns (a training run, a benchmark) and never
     changes it: no speed-ups unless `speedups=` asks for them, since fusing QKV or changing the memory
     format would swap the very modules the caller trains. Its infotext `Model:` is `model_name=`, else
-    the name of the folder/file the pipe was loaded from (`name_or_path`).
+    the name of the folder/file the pipe was loaded from (`name_or_path`). `nan_check=False` returns
+    images with NaN/inf pixels instead of raising (A1111's `--disable-nan-check`).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, vae: str | os.PathLike | None = None,
                  device: str | None = None, dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
                  lora_dir: str | os.PathLike | None = None, pipe=None, preset_file: str | os.PathLike | None = None,
-                 speedups=None, model_name: str | None = None):
+                 speedups=None, model_name: str | None = None, nan_check: bool = True):
         from animegen.models import loading
 
         if model is None and pipe is None:
@@ -71,11 +77,12 @@ class Generator:
         self.lora_dir = Path(lora_dir) if lora_dir else None
         self.allow_pickle = allow_pickle  # also for pickled LoRA files (.pt/.ckpt/.bin)
         self.preset_file = preset_file
+        self.nan_check = nan_check
         self.family = family_of(self.pipe)  # default size, and what infotext / UIs show
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self._known_loras: dict[str, Path] = {}
         self._lora_cache: dict[tuple[str, int], Any] = {}
-        self._img2img = None
+        self._kpipe: KPipeline | None = None
         self.lock = threading.Lock()
         from animegen.generate.speed import SpeedupConfig, apply_speedup_config
 
@@ -171,7 +178,6 @@ class Generator:
         text_prompt, recorded_prompt, loras = self._prepare_loras(resolved)
         self._apply_loras(loras)
         conditioning = encode_prompts(self.pipe, text_prompt, resolved.negative_prompt, clip_skip=resolved.clip_skip)
-        kwargs = conditioning.as_pipeline_kwargs()
 
         tracker = _StepTracker(self._total_steps(resolved), progress, interrupt)
         results: list[GeneratedImage] = []
@@ -181,7 +187,7 @@ class Generator:
                 tracker.interrupted = True
                 break  # like A1111: images of the interrupted batch come back half-denoised, later ones never start
             batch = seeds[start:start + resolved.batch_size]
-            arrays = self._run_batch(resolved, batch, _repeat(kwargs, len(batch)), tracker)
+            arrays = self._run_batch(resolved, batch, conditioning.repeat_interleave(len(batch)), tracker)
             for seed, array in zip(batch, arrays):
                 params = self._parameters(resolved, seed, loras)
                 info = format_infotext(recorded_prompt, resolved.negative_prompt, params)
@@ -192,58 +198,66 @@ class Generator:
         return results
 
     def _total_steps(self, r: ResolvedRequest) -> int:
-        per_image = int(r.steps * r.strength) if r.init_image is not None else r.steps
+        per_image = img2img_steps(r.steps, r.strength, False)[1] + 1 if r.init_image is not None else r.steps
         if r.hires_scale > 1:
-            per_image += int((r.hires_steps or r.steps) * r.hires_denoise)
+            per_image += r.hires_steps or r.steps  # A1111 runs exactly the hires steps
         batches = -(-len(r.seeds) // r.batch_size)
         return max(1, per_image * batches)
 
-    def _scheduler(self, r: ResolvedRequest):
-        return make_scheduler(r.sampler, self.base_scheduler_config, r.schedule_type)
+    def sampling(self) -> KPipeline:
+        """Our A1111 samplers over this model's UNet and VAE (built once; the pipe is left as it is)."""
+        if self._kpipe is None:
+            self._kpipe = KPipeline(self.pipe, is_sdxl=self.family.is_sdxl)
+        return self._kpipe
 
-    def _generators(self, seeds: list[int]) -> list[torch.Generator]:
-        return [torch.Generator("cpu").manual_seed(s) for s in seeds]
-
-    def img2img_pipeline(self):
-        """The image-to-image pipeline sharing this model's modules (built once)."""
-        if self._img2img is None:
-            from diffusers import AutoPipelineForImage2Image
-
-            self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
-            self._img2img.set_progress_bar_config(disable=True)
-        return self._img2img
-
-    def _run(self, pipe, r: ResolvedRequest, **call):
-        """Run `pipe` with the request's sampler, then give it back its own scheduler: a lent pipe is unchanged."""
-        own = pipe.scheduler
-        pipe.scheduler = self._scheduler(r)
-        try:
-            return pipe(**call).images
-        finally:
-            pipe.scheduler = own
-
-    def _run_batch(self, r: ResolvedRequest, seeds: list[int], kwargs: dict, tracker: _StepTracker) -> np.ndarray:
-        common = dict(guidance_scale=r.cfg_scale, output_type="np", callback_on_step_end=tracker, **kwargs)
-        if r.init_image is not None:
-            init = r.init_image.convert("RGB").resize((r.width, r.height), Image.LANCZOS)
-            out = self._run(self.img2img_pipeline(), r, image=[init] * len(seeds), strength=r.strength,
-                            num_inference_steps=r.steps, generator=self._generators(seeds), **common)
-        else:
-            out = self._run(self.pipe, r, width=r.width, height=r.height, num_inference_steps=r.steps,
-                            generator=self._generators(seeds), **common)
+    def _run_batch(self, r: ResolvedRequest, seeds: list[int], conditioning, tracker: _StepTracker) -> np.ndarray:
+        """One batch through A1111's sampling path: txt2img or img2img, then the hires pass."""
+        kp, choice = self.sampling(), resolve_sampler(r.sampler, r.schedule_type)
+        common = dict(cfg_scale=r.cfg_scale, callback=tracker.on_step)
+        latents = None
+        with tracker.pass_of(r.steps if r.init_image is None else img2img_steps(r.steps, r.strength, False)[1] + 1):
+            if r.init_image is not None:
+                init = kp.encode([r.init_image.convert("RGB").resize((r.width, r.height), Image.LANCZOS)] * len(seeds))
+                latents = kp.img2img(choice, conditioning, seeds, init, steps=r.steps, strength=r.strength, **common)
+            else:
+                latents = kp.txt2img(choice, conditioning, seeds, width=r.width, height=r.height, steps=r.steps,
+                                     **common)
+        out = self._decode(kp, tracker, latents)
+        self._check(tracker, out, seeds)  # before hires turns NaN into black 8-bit pixels
         if r.hires_scale > 1 and not tracker.interrupted:
-            out = self._hires(r, seeds, out, common)
+            out = self._hires(kp, choice, r, seeds, out, conditioning, tracker)
+            self._check(tracker, out, seeds)
         return np.asarray(out, dtype=np.float32)
 
-    def _hires(self, r: ResolvedRequest, seeds: list[int], first: np.ndarray, common: dict) -> np.ndarray:
-        """A1111's hires fix: upscale the first pass (Lanczos), then img2img at `hires_denoise`."""
+    @staticmethod
+    def _decode(kp: KPipeline, tracker: _StepTracker, latents: torch.Tensor) -> np.ndarray:
+        """Decode a pass; an interrupted pass decodes its last denoised prediction, as A1111 does."""
+        if tracker.interrupted and tracker.last_denoised is not None:
+            latents = tracker.last_denoised
+        tracker.latents = latents
+        return kp.decode(latents)
+
+    def _hires(self, kp: KPipeline, choice, r: ResolvedRequest, seeds: list[int], first: np.ndarray,
+               conditioning, tracker: _StepTracker) -> np.ndarray:
+        """A1111's hires fix: upscale the first pass (Lanczos), then img2img at `hires_denoise` for exactly the
+        hires steps (A1111 passes them to `sample_img2img`), with fresh per-seed noise."""
         width = int(r.width * r.hires_scale) // 8 * 8
         height = int(r.height * r.hires_scale) // 8 * 8
         upscaled = [Image.fromarray((a * 255).round().clip(0, 255).astype("uint8")).resize((width, height),
                                                                                           Image.LANCZOS)
                     for a in first]
-        return self._run(self.img2img_pipeline(), r, image=upscaled, strength=r.hires_denoise,
-                         num_inference_steps=r.hires_steps or r.steps, generator=self._generators(seeds), **common)
+        steps, latents = r.hires_steps or r.steps, None
+        with tracker.pass_of(steps):
+            latents = kp.img2img(choice, conditioning, seeds, kp.encode(upscaled), steps=steps,
+                                 strength=r.hires_denoise, cfg_scale=r.cfg_scale, fixed_steps=True,
+                                 callback=tracker.on_step)
+        return self._decode(kp, tracker, latents)
+
+    def _check(self, tracker: _StepTracker, images, seeds: list[int]) -> None:
+        """The NaN check of one pass: its final latents (unet), then its decoded pixels (vae)."""
+        if self.nan_check:
+            check_output(self.pipe, tracker.latents, images, seeds)
+        tracker.latents = None
 
     def _parameters(self, r: ResolvedRequest, seed: int, loras: list[tuple[str, Path, float]]) -> dict[str, Any]:
         from animegen.models.lora import lora_hash
@@ -271,23 +285,41 @@ class Generator:
         return params
 
 
+class _Interrupt(Exception):
+    """Raised from a sampler callback to stop the pass (caught by `_StepTracker.pass_of`)."""
+
+
 class _StepTracker:
-    """diffusers `callback_on_step_end`: reports progress and stops the pipeline on interrupt."""
+    """The samplers' per-step callback: reports progress, stops a pass on interrupt (keeping its last denoised
+    prediction, which A1111 returns then), and holds the pass's final latents for the NaN check."""
 
     def __init__(self, total: int, progress: Progress | None, interrupt: threading.Event | None):
         self.total, self.done, self.progress, self.interrupt = total, 0, progress, interrupt
         self.interrupted = False
+        self.latents = None
+        self.last_denoised = None
 
-    def __call__(self, pipe, step, timestep, callback_kwargs):
-        self.done = min(self.done + 1, self.total)
-        if self.progress is not None:
-            self.progress(self.done, self.total)
+    def _report(self, done: int) -> None:
+        done = min(done, self.total)
+        if done != self.done:
+            self.done = done
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+
+    def on_step(self, info: dict) -> None:
+        self.last_denoised = info["denoised"]
+        self._report(self.done + 1)
         if self.interrupt is not None and self.interrupt.is_set():
             self.interrupted = True
-            pipe._interrupt = True
-        return callback_kwargs
+            raise _Interrupt
 
-
-def _repeat(kwargs: dict, n: int) -> dict:
-    """Reuse one prompt encoding for a whole batch instead of encoding it n times."""
-    return {k: (v.repeat(n, *([1] * (v.dim() - 1))) if torch.is_tensor(v) else v) for k, v in kwargs.items()}
+    @contextmanager
+    def pass_of(self, steps: int):
+        """One sampling pass of `steps` reported steps: a sampler that calls back more or fewer times still
+        ends the pass at its share; an interrupt ends it early."""
+        start, self.last_denoised = self.done, None
+        try:
+            yield
+        except _Interrupt:
+            return
+        self._report(start + steps)

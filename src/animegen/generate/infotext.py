@@ -6,7 +6,9 @@ The format is A1111's, so its PNG Info tab and Civitai read our images and we re
     Negative prompt: <negative, possibly several lines>
     Steps: 28, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x768, Model hash: 1a2b3c4d5e, ...
 
-Values that contain `,`, `:` or a newline are JSON-quoted, exactly as A1111's `quote()` does.
+Values that contain `,`, `:` or a newline are JSON-quoted, exactly as A1111's `quote()` does. The noise
+source ("RNG") and ENSD are written and read by `noise_fields` / `parse_noise_fields`, with A1111's meaning
+of a missing field (GPU noise, ENSD 0).
 """
 
 from __future__ import annotations
@@ -83,6 +85,34 @@ def parse_infotext(text: str) -> dict[str, Any]:
             result[f"{key}-1"], result[f"{key}-2"] = int(size.group(1)), int(size.group(2))
         result[key] = value
     return result
+
+
+def noise_fields(rng: str, eta_noise_seed_delta: int, *, sampler_uses_ensd: bool) -> dict[str, Any]:
+    """The noise fields for `format_infotext`: "ENSD" as A1111 writes it (non-zero, and the sampler draws
+    ancestral noise, A1111's `uses_ensd`: elsewhere it changes nothing), and "RNG".
+
+    Unlike A1111 we also write "RNG: GPU", its default, which A1111 reads with the same meaning: animegen
+    infotexts from before this field carry no "RNG" yet were drawn from CPU generators, and the explicit
+    field is what tells the two apart (`parse_noise_fields`).
+    """
+    return {"ENSD": eta_noise_seed_delta if eta_noise_seed_delta and sampler_uses_ensd else None, "RNG": rng}
+
+
+def parse_noise_fields(params: dict[str, Any]) -> tuple[str, int]:
+    """(rng, eta_noise_seed_delta) of a parsed infotext, with A1111's meaning of what is absent.
+
+    No "RNG" means GPU, A1111's default, except in an animegen infotext ("Version: animegen ..."), which
+    lacks it only if written before animegen recorded it, when its noise came from CPU generators. ENSD is
+    read from "ENSD" or from the setting's long name "Eta noise seed delta"; absent means 0.
+    """
+    from animegen.generate.rng import A1111_DEFAULT_SOURCE, ensd_value, rng_source
+
+    if "RNG" in params:
+        rng = rng_source(params["RNG"], "infotext RNG:")
+    else:
+        rng = "CPU" if str(params.get("Version", "")).startswith("animegen") else A1111_DEFAULT_SOURCE
+    key = "ENSD" if "ENSD" in params else "Eta noise seed delta"
+    return rng, ensd_value(params.get(key, 0), f"infotext {key}:")
 
 
 def png_with_infotext(image: Image.Image, infotext: str) -> PngImagePlugin.PngInfo:

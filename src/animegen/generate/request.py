@@ -16,11 +16,15 @@ from typing import Any
 from PIL import Image
 
 from animegen.core.errors import AnimegenError
-from animegen.generate.infotext import parse_infotext
+from animegen.generate.infotext import parse_infotext, parse_noise_fields
 
 DEFAULT_SAMPLER = "Euler a"
 DEFAULT_STEPS = 28
 DEFAULT_CFG = 7.0
+# A1111's default noise source. animegen drew CPU noise before; GPU (NV off CUDA, the same numbers) makes a seed
+# typed from an A1111/Civitai image give that image, on any device. `rng="CPU"` is the old behaviour, and
+# animegen PNGs from before still reproduce: their infotext is read as CPU (`infotext.parse_noise_fields`).
+DEFAULT_RNG = "GPU"
 MAX_SEED = 2**32 - 1
 
 
@@ -46,9 +50,13 @@ class GenerationRequest:
     hires_scale: float = 1.0
     hires_steps: int = 0
     hires_denoise: float = 0.5
+    rng: str = DEFAULT_RNG  # noise source, A1111's "RNG": GPU, CPU or NV (generate/rng.py)
+    eta_noise_seed_delta: int = 0  # A1111's ENSD: re-seeds ancestral noise with seed + this
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and a value that would work."""
+        from animegen.generate.rng import ensd_value, rng_source
+
         for name in ("width", "height"):
             value = getattr(self, name)
             if value is not None and (value < 64 or value % 8):
@@ -69,6 +77,8 @@ class GenerationRequest:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        rng_source(self.rng, "rng")
+        ensd_value(self.eta_noise_seed_delta, "eta_noise_seed_delta")
         for name, weight in self.loras:
             lora_multiplier(name, weight)
 
@@ -135,10 +145,13 @@ class ResolvedRequest:
     hires_scale: float
     hires_steps: int
     hires_denoise: float
+    rng: str  # canonical: GPU, CPU or NV
+    eta_noise_seed_delta: int
 
 
 def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> ResolvedRequest:
     """Fill a request's gaps from its preset and the model family's default size."""
+    from animegen.generate.rng import ensd_value, rng_source
     from animegen.prompts.presets import build_prompt, get_preset
 
     request.validate()
@@ -172,6 +185,8 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
         hires_scale=request.hires_scale,
         hires_steps=request.hires_steps,
         hires_denoise=request.hires_denoise,
+        rng=rng_source(request.rng),
+        eta_noise_seed_delta=ensd_value(request.eta_noise_seed_delta),
     )
 
 
@@ -185,6 +200,7 @@ def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:
     missing = [k for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size-1") if k not in params]
     if missing:
         raise ValueError(f"infotext lacks {', '.join(missing)}; is this an A1111/animegen PNG?")
+    rng, eta_noise_seed_delta = parse_noise_fields(params)
     request = GenerationRequest(
         prompt=params["Prompt"],
         negative_prompt=params["Negative prompt"],
@@ -200,5 +216,7 @@ def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:
         hires_scale=float(params.get("Hires upscale", 1.0)),
         hires_steps=int(params.get("Hires steps", 0)),
         hires_denoise=float(params["Denoising strength"]) if "Hires upscale" in params else 0.5,
+        rng=rng,
+        eta_noise_seed_delta=eta_noise_seed_delta,
     )
     return replace(request, **overrides)

@@ -1,66 +1,87 @@
-"""A1111 sampler names mapped to diffusers schedulers.
+"""A1111 1.10's sampler list, their per-sampler schedule defaults, and one call that runs a sampler.
 
-A1111 (and Civitai metadata) name samplers after k-diffusion ("DPM++ 2M Karras"); diffusers names
-schedulers after papers. This table is the translation diffusers documents, kept in one place so
-generation, the REST API and PNG infotext all speak A1111's names. Since A1111 1.9 the noise
-schedule is a separate field ("Schedule type: Karras"); `resolve_sampler` accepts both spellings.
+Contract. `SAMPLERS` are A1111 1.10's names (what Civitai infotexts carry) with its aliases (`k_euler_a`,
+`euler_a`) and options (`scheduler`: the schedule "Automatic" picks; `discard_next_to_last_sigma`;
+`brownian_noise`; `solver_type`). `resolve_sampler(name, schedule_type)` accepts a 1.10 name plus
+"Schedule type", or a pre-1.9 name with the schedule as a suffix ("DPM++ 2M Karras", "DPM++ 2M SDE
+Exponential"), as A1111's `get_sampler_and_scheduler` does; "Automatic" means the sampler's default, so
+"DPM++ 2M" is Karras and "DPM++ 2M SDE" Exponential, as in A1111 1.10 (and unlike A1111 before 1.9).
+
+`sample_txt2img` / `sample_img2img` run a sampler as A1111's `KDiffusionSampler` / `CompVisSampler` do:
+sigmas from `sampler_sigmas` (the +1 step and dropped penultimate sigma for DPM2 / DPM2 a / 3M SDE),
+`x = noise * sigmas[0]`, img2img's `setup_img2img_steps` truncation. `noise` is an `rng.ImageRNG` (one
+generator per image seed): the starting noise is its `first_noise(shape)`, ancestral noise its
+`next_noise()`, SDE noise a Brownian tree per image seeded with the image's seed (`noise.seeds`). The
+samplers themselves are `k_samplers` (sigma space) and `timestep_samplers` (DDIM, PLMS, UniPC). Why our own samplers and not diffusers' schedulers: see `schedules`.
+
+Not offered (A1111 has them): DPM fast and DPM adaptive (their own step control, rarely used),
+DDIM CFG++, and the options that are off by default in A1111 (s_churn, eta, sigma overrides).
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSDEScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
+import torch
+
+from animegen.generate import k_samplers as k
+from animegen.generate import timestep_samplers as ts
+from animegen.generate.schedules import (
+    SCHEDULE_TYPES,
+    DiscreteSchedule,
+    LCMSchedule,
+    ScheduleType,
+    find_schedule_type,
+    resolve_schedule_type,
+    schedule_sigmas,
 )
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """An A1111 sampler name and the diffusers scheduler (plus options) that implements it."""
+    """An A1111 sampler: its name, the function that runs it, aliases and A1111's options for it."""
 
     name: str
-    scheduler_class: type
-    options: dict[str, Any] = field(default_factory=dict)
+    function: Callable = field(repr=False)
     aliases: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    kind: str = "sigmas"  # "sigmas" (k-diffusion), "timesteps" (DDIM/PLMS/UniPC), "lcm"
 
 
-_SDE = {"algorithm_type": "sde-dpmsolver++"}
-_KARRAS = {"use_karras_sigmas": True}
+_KARRAS = {"scheduler": "karras"}
+_EXP = {"scheduler": "exponential"}
+_DISCARD = {"discard_next_to_last_sigma": True}
+_BROWNIAN = {"brownian_noise": True}
 
 SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (
-        Sampler("Euler a", EulerAncestralDiscreteScheduler, aliases=("euler_a", "euler_ancestral")),
-        Sampler("Euler", EulerDiscreteScheduler, aliases=("euler",)),
-        Sampler("DPM++ 2M", DPMSolverMultistepScheduler, aliases=("dpmpp_2m",)),
-        Sampler("DPM++ 2M Karras", DPMSolverMultistepScheduler, _KARRAS, aliases=("dpmpp_2m_karras",)),
-        Sampler("DPM++ 2M SDE", DPMSolverMultistepScheduler, _SDE, aliases=("dpmpp_2m_sde",)),
-        Sampler("DPM++ 2M SDE Karras", DPMSolverMultistepScheduler, {**_SDE, **_KARRAS},
-                aliases=("dpmpp_2m_sde_karras",)),
-        Sampler("DPM++ SDE", DPMSolverSDEScheduler, aliases=("dpmpp_sde",)),
-        Sampler("DPM++ SDE Karras", DPMSolverSDEScheduler, _KARRAS, aliases=("dpmpp_sde_karras",)),
-        Sampler("DPM2", KDPM2DiscreteScheduler, aliases=("dpm2",)),
-        Sampler("DPM2 Karras", KDPM2DiscreteScheduler, _KARRAS, aliases=("dpm2_karras",)),
-        Sampler("DPM2 a", KDPM2AncestralDiscreteScheduler, aliases=("dpm2_a",)),
-        Sampler("DPM2 a Karras", KDPM2AncestralDiscreteScheduler, _KARRAS, aliases=("dpm2_a_karras",)),
-        Sampler("Heun", HeunDiscreteScheduler, aliases=("heun",)),
-        Sampler("LMS", LMSDiscreteScheduler, aliases=("lms",)),
-        Sampler("LMS Karras", LMSDiscreteScheduler, _KARRAS, aliases=("lms_karras",)),
-        Sampler("DDIM", DDIMScheduler, aliases=("ddim",)),
-        Sampler("PLMS", PNDMScheduler, {"skip_prk_steps": True}, aliases=("plms", "pndm")),
-        Sampler("UniPC", UniPCMultistepScheduler, aliases=("unipc",)),
+        Sampler("DPM++ 2M", k.sample_dpmpp_2m, ("k_dpmpp_2m", "dpmpp_2m"), dict(_KARRAS)),
+        Sampler("DPM++ SDE", k.sample_dpmpp_sde, ("k_dpmpp_sde", "dpmpp_sde"),
+                {**_KARRAS, "second_order": True, **_BROWNIAN}),
+        Sampler("DPM++ 2M SDE", k.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde", "dpmpp_2m_sde"), {**_EXP, **_BROWNIAN}),
+        Sampler("DPM++ 2M SDE Heun", k.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"),
+                {**_EXP, **_BROWNIAN, "solver_type": "heun"}),
+        Sampler("DPM++ 2S a", k.sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a", "dpmpp_2s_a"),
+                {**_KARRAS, "uses_ensd": True, "second_order": True}),
+        Sampler("DPM++ 3M SDE", k.sample_dpmpp_3m_sde, ("k_dpmpp_3m_sde", "dpmpp_3m_sde"),
+                {**_EXP, **_DISCARD, **_BROWNIAN}),
+        Sampler("Euler a", k.sample_euler_ancestral, ("k_euler_a", "k_euler_ancestral", "euler_a",
+                                                      "euler_ancestral"), {"uses_ensd": True}),
+        Sampler("Euler", k.sample_euler, ("k_euler", "euler")),
+        Sampler("LMS", k.sample_lms, ("k_lms", "lms")),
+        Sampler("Heun", k.sample_heun, ("k_heun", "heun"), {"second_order": True}),
+        Sampler("DPM2", k.sample_dpm_2, ("k_dpm_2", "dpm2"), {**_KARRAS, **_DISCARD, "second_order": True}),
+        Sampler("DPM2 a", k.sample_dpm_2_ancestral, ("k_dpm_2_a", "dpm2_a"),
+                {**_KARRAS, **_DISCARD, "uses_ensd": True, "second_order": True}),
+        Sampler("Restart", k.sample_restart, ("restart",), {**_KARRAS, "second_order": True}),
+        Sampler("DDIM", ts.sample_ddim, ("ddim",), kind="timesteps"),
+        Sampler("PLMS", ts.sample_plms, ("plms", "pndm"), kind="timesteps"),
+        Sampler("UniPC", ts.sample_unipc, ("unipc",), kind="timesteps"),
+        Sampler("LCM", k.sample_lcm, ("k_lcm", "lcm"), kind="lcm"),
     )
 }
 
@@ -72,30 +93,99 @@ def _key(name: str) -> str:
 _LOOKUP = {_key(alias): s for s in SAMPLERS.values() for alias in (s.name, *s.aliases)}
 
 
-def resolve_sampler(name: str, schedule_type: str | None = None) -> Sampler:
-    """Find a sampler by its A1111 name (case-insensitive) or k-diffusion alias.
+@dataclass(frozen=True)
+class SamplerChoice:
+    """A sampler with its schedule type ("Automatic" = the sampler's default)."""
 
-    `schedule_type` is A1111 1.9's separate "Schedule type" field: "Karras" turns "DPM++ 2M" into
-    "DPM++ 2M Karras"; "Automatic" (or None) keeps the sampler's own schedule.
-    """
-    key = _key(name)
-    if schedule_type and _key(schedule_type) not in ("automatic", "") and not key.endswith(_key(schedule_type)):
-        key = f"{key} {_key(schedule_type)}"
+    sampler: Sampler
+    schedule: ScheduleType
+
+    @property
+    def name(self) -> str:
+        """One name that resolves back to this choice: the sampler's, with a non-default schedule as suffix."""
+        return self.sampler.name if self.schedule.label == "Automatic" else f"{self.sampler.name} {self.schedule.label}"
+
+    @property
+    def effective_schedule(self) -> ScheduleType:
+        """The schedule actually used: Automatic resolved to the sampler's default (Uniform if it has none)."""
+        if self.schedule.label != "Automatic":
+            return self.schedule
+        return find_schedule_type(self.sampler.options.get("scheduler", "uniform"))
+
+
+def resolve_sampler(name: str, schedule_type: str | None = None) -> SamplerChoice:
+    """A sampler by A1111 name or alias (any case), with "Schedule type" or a schedule suffix on the name."""
+    key, schedule = _key(name), resolve_schedule_type(schedule_type)
     if key not in _LOOKUP:
-        valid = ", ".join(SAMPLERS)
+        for kind in SCHEDULE_TYPES.values():  # pre-1.9 names: "DPM++ 2M Karras"; the suffix wins, as in A1111
+            for option in (kind.label, kind.name, *kind.aliases):
+                if key.endswith(" " + _key(option)) and key[: -len(_key(option)) - 1] in _LOOKUP:
+                    key, schedule = key[: -len(_key(option)) - 1], kind
+    if key not in _LOOKUP:
         extra = f" with schedule type {schedule_type!r}" if schedule_type else ""
-        raise ValueError(f"unknown sampler {name!r}{extra}; valid samplers: {valid}")
-    return _LOOKUP[key]
+        raise ValueError(f"unknown sampler {name!r}{extra}; valid samplers: {', '.join(SAMPLERS)} "
+                         f"(schedule types: {', '.join(SCHEDULE_TYPES)})")
+    sampler = _LOOKUP[key]
+    if schedule.name == sampler.options.get("scheduler"):
+        schedule = SCHEDULE_TYPES["Automatic"]  # A1111's convert_automatic
+    return SamplerChoice(sampler, schedule)
 
 
-def make_scheduler(name: str, base_scheduler_config: dict, schedule_type: str | None = None):
-    """Build the diffusers scheduler for an A1111 sampler name from a model's scheduler config.
+def sampler_sigmas(choice: SamplerChoice, steps: int, schedule: DiscreteSchedule) -> torch.Tensor:
+    """A1111's `KDiffusionSampler.get_sigmas`: the schedule's sigmas, one step more and the penultimate
+    sigma dropped for samplers that discard it."""
+    discard = choice.sampler.options.get("discard_next_to_last_sigma", False)
+    if choice.sampler.kind == "lcm" and not isinstance(schedule, LCMSchedule):
+        schedule = LCMSchedule(schedule)
+    sigmas = schedule_sigmas(choice.effective_schedule, steps + (1 if discard else 0), schedule)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas
 
-    The model's own config supplies the noise schedule (betas, prediction type, timestep spacing);
-    the sampler only chooses the solver, so a v-prediction model stays v-prediction.
-    """
-    sampler = resolve_sampler(name, schedule_type)
-    config = {k: v for k, v in dict(base_scheduler_config).items() if not k.startswith("_")}
-    config.pop("use_karras_sigmas", None)
-    config.pop("algorithm_type", None)
-    return sampler.scheduler_class.from_config(config, **sampler.options)
+
+def img2img_steps(steps: int, strength: float, fixed_steps: bool) -> tuple[int, int]:
+    """A1111's `setup_img2img_steps`: (schedule length, t_enc). With `fixed_steps` (hires fix, or A1111's
+    "img2img does exactly the steps" option) the sampler runs all `steps`; else int(strength * steps)."""
+    if fixed_steps:
+        return (int(steps / min(strength, 0.999)) if strength > 0 else 0), steps - 1
+    return steps, int(min(strength, 0.999) * steps)
+
+
+def _run(choice: SamplerChoice, denoiser, x: torch.Tensor, sigmas: torch.Tensor, full_sigmas: torch.Tensor,
+         noise, callback) -> torch.Tensor:
+    options = choice.sampler.options
+    kwargs: dict[str, Any] = {"callback": callback}
+    if options.get("brownian_noise"):
+        kwargs["noise_sampler"] = k.BrownianNoise(x, full_sigmas.to(x.device), noise.seeds)
+    else:
+        kwargs["noise_sampler"] = lambda sigma, sigma_next: noise.next_noise().to(x)
+    if options.get("solver_type"):
+        kwargs["solver_type"] = options["solver_type"]
+    return choice.sampler.function(denoiser, x, sigmas.to(x.device), **kwargs)
+
+
+def sample_txt2img(choice: SamplerChoice, denoiser, noise, shape: tuple[int, ...], steps: int,
+                   callback=None) -> torch.Tensor:
+    """Latents (batch `shape`) from pure noise: A1111's `sample` for the chosen sampler and schedule."""
+    first = noise.first_noise(shape)
+    if choice.sampler.kind == "timesteps":
+        return choice.sampler.function(denoiser, first, ts.a1111_timesteps(steps), callback=callback,
+                                       noise_sampler=lambda s, sn: noise.next_noise().to(first))
+    sigmas = sampler_sigmas(choice, steps, denoiser.schedule)
+    return _run(choice, denoiser, first * sigmas[0].to(first.device), sigmas, sigmas, noise, callback)
+
+
+def sample_img2img(choice: SamplerChoice, denoiser, noise, x0: torch.Tensor, steps: int,
+                   strength: float, *, fixed_steps: bool = False, callback=None) -> torch.Tensor:
+    """Latents from `x0` noised to `strength`: A1111's `sample_img2img` (t_enc + 1 steps of the schedule)."""
+    total, t_enc = img2img_steps(steps, strength, fixed_steps)
+    first = noise.first_noise(tuple(x0.shape)).to(x0)
+    if choice.sampler.kind == "timesteps":
+        timesteps = ts.a1111_timesteps(total)
+        xi = ts.noised_latents(denoiser.schedule.alphas_cumprod.to(x0.device), x0, first, timesteps[t_enc])
+        extra = {"is_img2img": True} if "is_img2img" in inspect.signature(choice.sampler.function).parameters else {}
+        return choice.sampler.function(denoiser, xi, timesteps[:t_enc], callback=callback,
+                                       noise_sampler=lambda s, sn: noise.next_noise().to(first), **extra)
+    sigmas = sampler_sigmas(choice, total, denoiser.schedule)
+    sched = sigmas[total - t_enc - 1:]
+    return _run(choice, denoiser, x0 + first * sched[0].to(x0.device), sched, sigmas, noise, callback)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from animegen import __version__
 from animegen.generate import SAMPLERS, parse_infotext
+from animegen.generate.nan_check import NonFiniteOutputError
 from animegen.serve import schemas
 from animegen.serve.codec import BadImageError, decode_image, encode_png, to_rgb
 from animegen.serve.jobs import QueueFullError, ServerClosedError
@@ -19,7 +20,8 @@ from animegen.serve.service import GenerationResult, RequestError, ServeService
 
 
 def error_response(exc: Exception) -> JSONResponse:
-    """Map server-side refusals to HTTP: 422 field errors in FastAPI's shape, 429 full queue, 503 closed."""
+    """Map server-side refusals to HTTP: 422 field errors in FastAPI's shape, 429 full queue, 503 closed,
+    500 with the message for NaN output (the model's fault, as A1111 answers its NansException)."""
     if isinstance(exc, RequestError):
         if exc.status == 422:
             detail: Any = [{"loc": ["body", exc.field], "msg": exc.message, "type": "value_error"}]
@@ -33,6 +35,8 @@ def error_response(exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": "5"})
     if isinstance(exc, ServerClosedError):
         return JSONResponse({"detail": str(exc)}, status_code=503)
+    if isinstance(exc, NonFiniteOutputError):
+        return JSONResponse({"detail": str(exc)}, status_code=500)
     raise exc
 
 
@@ -102,6 +106,9 @@ def build_router(service: ServeService) -> APIRouter:
             strength=req.denoising_strength if is_img2img else 0.75,
             hires_scale=req.hr_scale if hires else 1.0, hires_steps=req.hr_second_pass_steps if hires else 0,
             hires_denoise=(req.denoising_strength or 0.7) if hires else 0.5,
+            rng=req.rng if req.rng is not None else override.get("randn_source"),
+            eta_noise_seed_delta=req.eta_noise_seed_delta if req.eta_noise_seed_delta is not None
+            else override.get("eta_noise_seed_delta"),
         )
         future = service.submit(request, model=model, keep_model=not req.override_settings_restore_afterwards,
                                 label=label)

@@ -45,6 +45,7 @@ class ServeConfig(BaseModel):
     api_token: str | None = Field(None, description="bearer token accepted instead of basic credentials")
     max_queue: int = Field(16, ge=1, description="waiting jobs beyond the running one; more → HTTP 429")
     ui: bool = Field(True, description="mount the Gradio web UI at /")
+    nan_check: bool = Field(True, description="refuse images with NaN/inf latents or pixels (A1111's NaN check)")
     limits: ServeLimits = Field(default_factory=ServeLimits)
 
     @field_validator("api_auth")

@@ -54,6 +54,10 @@ class Txt2ImgRequest(_A1111Body):
     save_images: bool = False
     preset: str = Field(GenerationRequest.preset,
                         description="animegen prompt preset (animagine, dashanime, danbooru, none)")
+    rng: str | None = Field(None, description="noise source GPU, CPU or NV (A1111's 'RNG'); unset: "
+                            "override_settings.randn_source, else the server's randn_source option (GPU)")
+    eta_noise_seed_delta: int | None = Field(None, description="A1111's ENSD; unset: override_settings."
+                                             "eta_noise_seed_delta, else the server's option (0)")
 
 
 class Img2ImgRequest(Txt2ImgRequest):

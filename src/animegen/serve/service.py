@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 OPTION_DEFAULTS: dict[str, Any] = {
     "CLIP_stop_at_last_layers": 1,
+    "randn_source": GenerationRequest.rng,  # A1111's names of the request's rng / eta_noise_seed_delta
+    "eta_noise_seed_delta": GenerationRequest.eta_noise_seed_delta,
     "samples_format": "png",
     "enable_pnginfo": True,
 }
@@ -72,7 +74,7 @@ class GeneratorBackend:
         try:
             self.generator = Generator(
                 str(entry.path), vae=self.config.vae, device=self.config.device, dtype=self.config.dtype,
-                allow_pickle=False, lora_dir=None,
+                allow_pickle=False, lora_dir=None, nan_check=self.config.nan_check,
             )
         except Exception:
             if previous is not None and previous.path != entry.path:
@@ -143,6 +145,7 @@ class ServeService:
         clip_skip = values.get("CLIP_stop_at_last_layers")
         if clip_skip is not None:
             self._check_clip_skip(clip_skip, "CLIP_stop_at_last_layers")
+        self._check_noise(values)
         future = None
         if values.get("sd_model_checkpoint") is not None:
             entry = self.find_checkpoint(values["sd_model_checkpoint"], "sd_model_checkpoint")
@@ -218,7 +221,8 @@ class ServeService:
                       cfg_scale: float | None = None, seed: int = -1, width: int | None = None,
                       height: int | None = None, clip_skip: int | None = None, n_iter: int = 1,
                       batch_size: int = 1, init_image=None, strength: float = 0.75, hires_scale: float = 1.0,
-                      hires_steps: int = 0, hires_denoise: float = 0.5) -> GenerationRequest:
+                      hires_steps: int = 0, hires_denoise: float = 0.5, rng: str | None = None,
+                      eta_noise_seed_delta: int | None = None) -> GenerationRequest:
         """Validate everything and build the generator's request (LoRAs resolved to safe paths).
 
         None (sampler, steps, cfg_scale, width, height, preset) means "not sent": resolved later by the
@@ -230,9 +234,10 @@ class ServeService:
                 schedule_type = None
             except ValueError as exc:
                 raise RequestError("sampler_name", str(exc)) from None
-        if clip_skip is None:
-            with self._options_lock:
-                clip_skip = self._options["CLIP_stop_at_last_layers"]
+        with self._options_lock:
+            clip_skip = self._options["CLIP_stop_at_last_layers"] if clip_skip is None else clip_skip
+            rng = self._options["randn_source"] if rng is None else rng
+            ensd = self._options["eta_noise_seed_delta"] if eta_noise_seed_delta is None else eta_noise_seed_delta
         self._check_clip_skip(clip_skip, "CLIP_stop_at_last_layers")
         preset = preset or GenerationRequest.preset
         self._check_preset(preset)
@@ -242,7 +247,7 @@ class ServeService:
             schedule_type=schedule_type, steps=steps, cfg_scale=cfg_scale, seed=seed, width=width,
             height=height, clip_skip=clip_skip, loras=loras, n=n_iter * batch_size, batch_size=batch_size,
             init_image=init_image, strength=strength, hires_scale=hires_scale, hires_steps=hires_steps,
-            hires_denoise=hires_denoise,
+            hires_denoise=hires_denoise, rng=rng, eta_noise_seed_delta=ensd,
         )
         try:
             settings = resolve(request, self.backend.default_size)
@@ -251,6 +256,18 @@ class ServeService:
         self.check_size(width=settings.width, height=settings.height, steps=settings.steps,
                         images=n_iter * batch_size, hires_scale=hires_scale, hires_steps=hires_steps)
         return request
+
+    @staticmethod
+    def _check_noise(values: dict[str, Any]) -> None:
+        """The A1111 options `randn_source` and `eta_noise_seed_delta`, when set, by the request's own rules."""
+        from animegen.generate.rng import ensd_value, rng_source
+
+        for key, check in (("randn_source", rng_source), ("eta_noise_seed_delta", ensd_value)):
+            if values.get(key) is not None:
+                try:
+                    check(values[key], key)
+                except AnimegenError as exc:
+                    raise RequestError(key, str(exc)) from None
 
     @staticmethod
     def _check_preset(preset: str) -> None:

@@ -1,0 +1,133 @@
+"""A1111-style txt2img / img2img over a diffusers pipeline's modules, with our samplers.
+
+Contract. `KPipeline(pipe, is_sdxl=...)` borrows a diffusers SD1 / SDXL pipeline's UNet and VAE (it
+changes neither: no scheduler is swapped, nothing is moved or cast for good) and runs
+`samplers.sample_txt2img` / `sample_img2img` on latents: the UNet sees the conditioning of
+`prompts.encode.ConditioningPair` (SDXL: pooled embeddings and A1111's size conditioning, original =
+target = the image size, crop 0, for positive and negative alike); the noise schedule is the model's
+scheduler config read by `schedules.DiscreteSchedule`; latents are `scaling_factor * VAE latents` and
+decoded pixels are (x + 1) / 2 clamped to [0, 1], as A1111 and diffusers do. A half-precision VAE whose
+config asks for `force_upcast` runs in float32 for that call only.
+
+Where we differ from A1111: img2img encodes the init image to the VAE posterior's mean, where A1111
+draws a posterior sample from the global torch RNG (not reproducible from the seed; the difference is
+the VAE's tiny posterior std).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from animegen.generate.denoiser import CFGDenoiser
+from animegen.generate.rng import ImageRNG
+from animegen.generate.samplers import SamplerChoice, sample_img2img, sample_txt2img
+from animegen.generate.schedules import DiscreteSchedule
+
+
+class KPipeline:
+    """Sampling over one pipeline's UNet and VAE; see the module docstring."""
+
+    def __init__(self, pipe, *, is_sdxl: bool, zero_terminal_snr: bool | None = None):
+        self.pipe, self.is_sdxl = pipe, is_sdxl
+        config = dict(pipe.scheduler.config)
+        self.prediction_type = config.get("prediction_type", "epsilon")
+        self.schedule = DiscreteSchedule.from_config(config, is_sdxl=is_sdxl, zero_terminal_snr=zero_terminal_snr)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    # ---- the network ---------------------------------------------------------------------------------------
+    def _conditions(self, conditioning, width: int, height: int) -> tuple[dict, dict]:
+        cond = {"encoder_hidden_states": conditioning.prompt_embeds}
+        uncond = {"encoder_hidden_states": conditioning.negative_prompt_embeds}
+        if self.is_sdxl:
+            n = conditioning.prompt_embeds.shape[0]
+            time_ids = torch.tensor([[height, width, 0, 0, height, width]] * n, dtype=torch.float32)
+            cond.update(text_embeds=conditioning.pooled_prompt_embeds, time_ids=time_ids)
+            uncond.update(text_embeds=conditioning.negative_pooled_prompt_embeds, time_ids=time_ids)
+        device = self.device
+        return ({k: v.to(device) for k, v in cond.items()}, {k: v.to(device) for k, v in uncond.items()})
+
+    def _unet_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        unet = self.pipe.unet
+        dtype = unet.dtype
+        extra = {}
+        if "text_embeds" in cond:
+            extra["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(dtype),
+                                          "time_ids": cond["time_ids"].to(dtype)}
+        with torch.no_grad():
+            return unet(x.to(dtype), t.to(x.device), encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
+                        return_dict=False, **extra)[0]
+
+    def denoiser(self, choice: SamplerChoice, conditioning, cfg_scale: float, width: int, height: int,
+                 guidance_rescale: float = 0.0) -> CFGDenoiser:
+        cond, uncond = self._conditions(conditioning, width, height)
+        return CFGDenoiser(self._unet_fn, self.schedule, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
+                           prediction_type=self.prediction_type, guidance_rescale=guidance_rescale,
+                           lcm=choice.sampler.kind == "lcm")
+
+    # ---- the VAE ------------------------------------------------------------------------------------------
+    def _vae(self, fn: Callable):
+        vae = self.pipe.vae
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        dtype = vae.dtype
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            with torch.no_grad():
+                return fn(vae, torch.float32 if upcast else dtype)
+        finally:
+            if upcast:
+                vae.to(dtype)
+
+    def encode(self, images: list) -> torch.Tensor:
+        """Init images (PIL, already at the target size) to scaled latents (posterior mean)."""
+        pixels = self.pipe.image_processor.preprocess(images).to(self.device)
+
+        def run(vae, dtype):
+            z = vae.encode(pixels.to(dtype)).latent_dist.mean.to(torch.float32)
+            mean, std = _latent_stats(vae, z)
+            return (z - mean) * vae.config.scaling_factor / std
+        return self._vae(run)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Scaled latents to float32 HxWx3 pixels in [0, 1]."""
+        def run(vae, dtype):
+            mean, std = _latent_stats(vae, latents)
+            z = latents * std / vae.config.scaling_factor + mean
+            image = vae.decode(z.to(dtype), return_dict=False)[0]
+            return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+        return self._vae(run)
+
+    # ---- one pass -----------------------------------------------------------------------------------------
+    def txt2img(self, choice: SamplerChoice, conditioning, seeds: list[int], *, width: int, height: int,
+                steps: int, cfg_scale: float, guidance_rescale: float = 0.0, callback=None,
+                noise: ImageRNG | None = None) -> torch.Tensor:
+        """Final latents of a txt2img pass (one image per seed; `noise` defaults to CPU generators)."""
+        shape = (len(seeds), self.pipe.unet.config.in_channels, height // 8, width // 8)
+        noise = noise or ImageRNG(seeds, source="CPU", device=self.device)
+        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale)
+        return sample_txt2img(choice, den, noise, shape, steps, callback=callback)
+
+    def img2img(self, choice: SamplerChoice, conditioning, seeds: list[int], init: torch.Tensor, *,
+                steps: int, strength: float, cfg_scale: float, fixed_steps: bool = False,
+                guidance_rescale: float = 0.0, callback=None, noise: ImageRNG | None = None) -> torch.Tensor:
+        """Final latents of an img2img pass from scaled init latents `init` (a fresh ImageRNG per pass)."""
+        height, width = init.shape[-2] * 8, init.shape[-1] * 8
+        noise = noise or ImageRNG(seeds, source="CPU", device=self.device)
+        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale)
+        return sample_img2img(choice, den, noise, init.to(self.device), steps, strength, fixed_steps=fixed_steps,
+                              callback=callback)
+
+
+def _latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is None or std is None:
+        return 0.0, 1.0
+    shape = (1, -1, 1, 1)
+    return (torch.tensor(mean).view(shape).to(like.device, like.dtype),
+            torch.tensor(std).view(shape).to(like.device, like.dtype))
