@@ -11,14 +11,17 @@ from animegen.cli.common import user_errors
 
 def demo_command(
     out: Path = typer.Option(Path("demo"), help="Folder for everything the demo makes."),
-    steps: int = typer.Option(60, help="LoRA training steps."),
+    steps: int = typer.Option(60, min=1, help="LoRA training steps."),
     seed: int = typer.Option(0, help="Seed for the model, data, training and generation."),
+    threads: int = typer.Option(1, min=1, help="CPU threads for torch; the demo's tensors are so small that "
+                                               "more threads only wait for each other."),
 ) -> None:
-    """Make a dataset, tag it, train a LoRA, generate with and without it, evaluate, write the report."""
+    """Make a dataset, curate it (ingest, tag, caption, balance), train a LoRA on it, generate with and
+    without the LoRA, evaluate, write the report."""
     from animegen.demo import run_demo
 
     with user_errors():
-        result = run_demo(out, steps=steps, seed=seed, log=typer.echo)
+        result = run_demo(out, steps=steps, seed=seed, threads=threads, log=typer.echo)
     typer.echo(f"report: {result.comparison}")
 
 

@@ -2,11 +2,14 @@
 
 Danbooru writes tags with underscores (`long_hair`) while prompts and WD14 captions use spaces
 (`long hair`); emoticon tags (kaomoji such as `^_^`) are the exception because the underscore is part
-of the face. Tags containing brackets must be escaped before they go into a prompt, otherwise the
-emphasis parser reads `hatsune miku (cosplay)` as a weight.
+of the face: SmilingWolf's WD14 list (`KAOMOJI`) plus kohya's rule (`--remove_underscore` leaves tags of
+3 characters or fewer alone, which covers `;_;` and the other short faces the list misses). Tags
+containing brackets must be escaped before they go into a prompt, otherwise the emphasis parser reads
+`hatsune miku (cosplay)` as a weight.
 
 It is also the one home of the tag vocabularies that captioning (`data/caption.py`), prompt presets
-and tag adherence (`evaluate/tag_adherence.py`) must agree on: counting tags and rating words.
+and tag adherence (`evaluate/tag_adherence.py`) must agree on: counting tags, rating words, Danbooru's
+resolution tags (`resolution_tags`) and kohya's `name (series)` split (`expand_character_tag`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ RATING_TAGS: frozenset[str] = frozenset(RATINGS) | frozenset(RATING_ALIASES)
 RATING_WORDS: dict[str, str] = {"general": "safe", "sensitive": "sensitive", "questionable": "nsfw",
                                 "explicit": "explicit, nsfw"}
 
+#: Danbooru's resolution tags (normalised), which Danbooru derives from the file's pixel size.
+RESOLUTION_TAGS: tuple[str, ...] = ("incredibly absurdres", "absurdres", "highres", "lowres")
+
 _COUNT_TAG = re.compile(r"^(\d+\+?\s?(girl|boy|other)s?|multiple (girls|boys|others)|no humans)$")
 
 
@@ -43,11 +49,50 @@ _ESCAPED = re.compile(r"\\([\\()\[\]])")
 
 
 def normalize_tag(tag: str) -> str:
-    """`long_hair` -> `long hair`; kaomoji (`^_^`, `>_<`, ...) keep their underscores; spaces collapsed."""
+    """`long_hair` -> `long hair`; kaomoji (`^_^`, `;_;`, `(o)_(o)` ...) keep underscores; spaces collapsed."""
     tag = tag.strip()
-    if tag in KAOMOJI:
+    if tag in KAOMOJI or len(tag) <= 3:  # kohya: "ignore emoji tags like >_< and ^_^"
         return tag
     return " ".join(tag.replace("_", " ").split())
+
+
+def resolution_tags(width: int, height: int) -> list[str]:
+    """Danbooru's resolution tags for a `width` x `height` image, largest first.
+
+    Danbooru `app/models/post.rb` `add_automatic_tags`: incredibly_absurdres when width or height >= 10000,
+    absurdres when width >= 3200 or height >= 2400, highres when width >= 1600 or height >= 1200, lowres when
+    width <= 500 and height <= 500 (Danbooru drops these tags from a post and derives them again).
+    """
+    tags = []
+    if width >= 10_000 or height >= 10_000:
+        tags.append("incredibly absurdres")
+    if width >= 3200 or height >= 2400:
+        tags.append("absurdres")
+    if width >= 1600 or height >= 1200:
+        tags.append("highres")
+    if width <= 500 and height <= 500:
+        tags.append("lowres")
+    return tags
+
+
+def expand_character_tag(tag: str) -> tuple[str, str | None]:
+    """`skadi (arknights)` -> (`skadi`, `arknights`); kohya's `--character_tag_expand` for one tag.
+
+    As kohya: the last bracket is the series, everything before it the character
+    (`chara (swimsuit) (series)` -> `chara (swimsuit)`, `series`). No trailing bracket, or nothing before
+    it: (tag, None).
+    """
+    tag = normalize_tag(tag)
+    head, _, last = tag.rpartition("(")
+    name, series = head.rstrip(" _"), last[:-1].strip()
+    if not tag.endswith(")") or not name or not series:
+        return tag, None
+    return name, series
+
+
+def tag_key(tag: str) -> str:
+    """Comparison key of a tag: `Long_Hair` and `long hair` are the same tag."""
+    return normalize_tag(tag).lower()
 
 
 def escape_tag(tag: str) -> str:
