@@ -1,8 +1,10 @@
 """Training throughput benchmark (not a test): animegen's trainer vs a plain diffusers-example-style loop.
 
-Both run the same model, adapter, batch and resolution in the same process; we report steps/s, the
-ratio, and peak memory (CUDA: max allocated; CPU: peak RSS growth is not separable per loop, so only
-steps/s is compared there).
+Both run the same model, adapter, batch and resolution in the same process. On CPU the two loops run in
+lockstep (one plain step between two animegen steps) and each step is timed in CPU seconds, so other jobs
+on a shared machine slow both alike; on CUDA they run one after the other (wall time after a synchronize)
+so each has its own peak memory (max allocated). steps/s = 1 / the median step time of a repeat; the
+medians over `--repeats` repeats of steps/s and of the per-repeat ratio are reported.
 
     python bench/train.py --mode tiny                 # tiny random SD1.5 on CPU (default)
     python bench/train.py --mode sd15-ia3 --steps 50  # real-size SD1.5 UNet, iA3, 512², GPU
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +31,15 @@ MODES = {
     "sd15-ia3": ("sd15", "ia3", 512, 1, "bf16", False),
     "sdxl-lora": ("sdxl", "lora", 1024, 1, "bf16", True),
 }
+
+
+def clock() -> float:
+    """CPU seconds of this process on CPU (other jobs on a shared machine do not inflate them; torch's
+    threads are this process's), wall seconds on CUDA (after a synchronize)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
 
 def make_model(arch: str, real_size: bool, out: Path) -> Path:
@@ -68,43 +80,50 @@ def make_data(root: Path, res: int, n: int = 8) -> Path:
     return root
 
 
-def bench_animegen(model: Path, data: Path, out: Path, mode: str, steps: int) -> dict:
+def animegen_config(model: Path, data: Path, out: Path, mode: str, steps: int):
     from animegen.train.config import validate_config
-    from animegen.train.trainer import Trainer
 
     arch, kind, res, batch, mp, gc = MODES[mode]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = validate_config({
+    return validate_config({
         "model": {"base": str(model)},
         "adapter": {"kind": kind, "rank": 16, "alpha": 16.0, "targets": "attention_ff" if kind == "ia3" else "attention"},
         "optimizer": {"name": "adamw", "lr": 1e-4, "scheduler": "constant"},
         "data": {"datasets": [{"path": str(data)}], "resolution": res, "min_bucket_side": 64},
-        "train": {"output_dir": str(out), "max_steps": steps + 3, "batch_size": batch, "mixed_precision": mp,
+        "train": {"output_dir": str(out), "max_steps": steps, "batch_size": batch, "mixed_precision": mp,
                   "gradient_checkpointing": gc, "device": device},
         "log": {"progress": False, "tensorboard": False},
         "export": {"formats": ["kohya"]},
     })
-    trainer = Trainer(cfg)
-    times: list[float] = []
+
+
+def bench_animegen(model: Path, data: Path, out: Path, mode: str, steps: int, between=None) -> list[float]:
+    """Seconds per step of `Trainer.run` (the real loop), after 3 warm-up steps. `between()`, when given,
+    runs between two steps, outside the timed spans (the interleaved plain-loop step)."""
+    from animegen.train.trainer import Trainer
+
+    trainer = Trainer(animegen_config(model, data, out, mode, steps + 4))
+    spans: list[float] = []
+    last = [None]
     real_loss_for = trainer.loss_for
 
-    def timed(micro, batch_idx):  # timestamps per micro step; the first 3 are warm-up
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter())
+    def timed(micro, batch_idx):  # one call per micro step: a step spans from one call to the next
+        now = clock()
+        if last[0] is not None:
+            spans.append(now - last[0])
+        if between is not None:
+            between()
+        last[0] = clock()
         return real_loss_for(micro, batch_idx)
 
     trainer.loss_for = timed
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     trainer.run()
-    span = times[-1] - times[3]
-    return {"steps_per_s": (len(times) - 4) / span,
-            "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+    return spans[3:]
 
 
-def bench_plain(model: Path, mode: str, steps: int) -> dict:
-    """The diffusers `train_text_to_image_lora.py` pattern, stripped down: precomputed latents/text."""
+def plain_loop(model: Path, mode: str):
+    """The diffusers `train_text_to_image_lora.py` pattern, stripped down (precomputed latents/text): a
+    generator that runs one training step per `next()`."""
     from diffusers import DDPMScheduler
     from peft import IA3Config, LoraConfig
 
@@ -136,14 +155,7 @@ def bench_plain(model: Path, mode: str, steps: int) -> dict:
                                        "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * batch,
                                                                 device=device, dtype=dtype)}}
     unet.train()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = None
-    for i in range(steps + 3):
-        if i == 3:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+    while True:
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (batch,), device=device)
         noisy = sched.add_noise(latents, noise, t)
@@ -154,28 +166,74 @@ def bench_plain(model: Path, mode: str, steps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return {"steps_per_s": steps / (time.perf_counter() - t0),
-            "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+        yield
+
+
+def bench_plain(model: Path, mode: str, steps: int) -> list[float]:
+    loop = plain_loop(model, mode)
+    spans = []
+    for _ in range(steps + 3):
+        t0 = clock()
+        next(loop)
+        spans.append(clock() - t0)
+    return spans[3:]
+
+
+def bench_interleaved(model: Path, data: Path, out: Path, mode: str, steps: int) -> tuple[list[float], list[float]]:
+    """Both loops in lockstep, one plain step between two animegen steps: a burst of load from another
+    process on a shared CPU then slows both alike instead of whichever loop happened to run then."""
+    loop = plain_loop(model, mode)
+    plain: list[float] = []
+
+    def plain_step():
+        t0 = clock()
+        next(loop)
+        plain.append(clock() - t0)
+
+    ours = bench_animegen(model, data, out, mode, steps, between=plain_step)
+    return ours, plain[3:]
+
+
+def peak_gb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=list(MODES), default="tiny")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="runs of both loops; the medians over them are reported")
     args = ap.parse_args()
     arch, kind, res, *_ = MODES[args.mode]
+    cuda = torch.cuda.is_available()
+    ours, plain, ratios, peaks = [], [], [], {"animegen": [], "plain_loop": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = make_model(arch, args.mode != "tiny", tmp / "model")
         data = make_data(tmp / "data", res)
-        ours = bench_animegen(model, data, tmp / "run", args.mode, args.steps)
-        plain = bench_plain(model, args.mode, args.steps)
-    ratio = ours["steps_per_s"] / plain["steps_per_s"]
-    print(json.dumps({"mode": args.mode, "device": "cuda" if torch.cuda.is_available() else "cpu",
-                      "threads": torch.get_num_threads(), "animegen": ours, "plain_loop": plain,
-                      "ratio_animegen_over_plain": ratio}, indent=2))
+        for r in range(args.repeats):
+            if cuda:  # one loop at a time, so each has its own peak memory
+                torch.cuda.reset_peak_memory_stats()
+                a = bench_animegen(model, data, tmp / f"run{r}", args.mode, args.steps)
+                peaks["animegen"].append(peak_gb())
+                torch.cuda.reset_peak_memory_stats()
+                b = bench_plain(model, args.mode, args.steps)
+                peaks["plain_loop"].append(peak_gb())
+            else:
+                a, b = bench_interleaved(model, data, tmp / f"run{r}", args.mode, args.steps)
+            ours.append(1 / statistics.median(a))
+            plain.append(1 / statistics.median(b))
+            ratios.append(ours[-1] / plain[-1])
+    print(json.dumps({"mode": args.mode, "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(),
+                      "timing": "wall, one loop after the other" if cuda else "CPU time, loops interleaved per step",
+                      "repeats": args.repeats, "steps_per_repeat": args.steps,
+                      "animegen": {"steps_per_s": statistics.median(ours),
+                                   "peak_gb": max(peaks["animegen"]) if cuda else None},
+                      "plain_loop": {"steps_per_s": statistics.median(plain),
+                                     "peak_gb": max(peaks["plain_loop"]) if cuda else None},
+                      "ratio_animegen_over_plain": statistics.median(ratios),
+                      "ratios_per_repeat": [round(x, 3) for x in ratios]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -369,14 +369,17 @@ def _unipc(e, x, ts, ac, img2img):
 
 
 def a1111_sample(sampler, label, steps, model_fn, m: Model, cond, uncond, cfg, seeds, shape, v=False,
-                 init=None, strength=None):
-    """Final latents A1111 1.10 would produce (txt2img, or img2img from `init` at `strength`)."""
+                 init=None, strength=None, fixed_steps=False):
+    """Final latents A1111 1.10 would produce (txt2img, or img2img from `init` at `strength`; `fixed_steps`:
+    `setup_img2img_steps` given the steps, as the hires pass calls it, so exactly `steps` run)."""
     if sampler == "LCM":
         m = Model(**m.args, lcm=True)
     noise = Noise(seeds, shape)
     first = noise()
     total, t_enc = steps, None
-    if init is not None:
+    if init is not None and fixed_steps:
+        total, t_enc = int(steps / min(strength, 0.999)), steps - 1
+    elif init is not None:
         t_enc = int(min(strength, 0.999) * steps)
     if A1111_SAMPLERS[sampler][0] is None:
         e = eps_fn(model_fn, m, cond, uncond, cfg, v)

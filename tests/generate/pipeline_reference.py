@@ -18,8 +18,10 @@ def _model(pipe, sdxl: bool):
 
 
 def a1111_images(pipe, sampler, prompt, negative, steps, cfg, seed, *, width, height, schedule="Automatic",
-                 prompt_embeds=None, negative_embeds=None, init_image=None, strength=None):
-    """Decoded float32 HxWx3 images in [0, 1] for one seed, as A1111 1.10 samples them."""
+                 prompt_embeds=None, negative_embeds=None, init_image=None, strength=None, init_latents=None,
+                 fixed_steps=False):
+    """Decoded float32 HxWx3 images in [0, 1] for one seed, as A1111 1.10 samples them (img2img from
+    `init_image`, or from scaled `init_latents`; `fixed_steps` as the hires pass runs)."""
     sdxl = hasattr(pipe, "text_encoder_2")
     for label in ref.SCHEDULES:  # a pre-1.9 name: "DPM++ 2M Karras" = DPM++ 2M with the Karras schedule
         if sampler not in ref.A1111_SAMPLERS and sampler.endswith(" " + label):
@@ -42,7 +44,7 @@ def a1111_images(pipe, sampler, prompt, negative, steps, cfg, seed, *, width, he
             return pipe.unet(x_in.to(torch.float32), torch.tensor([float(t)]), encoder_hidden_states=emb,
                              **added).sample.to(torch.float64)
 
-    init = None
+    init = init_latents
     vae, sf = pipe.vae, pipe.vae.config.scaling_factor
     if init_image is not None:
         pixels = pipe.image_processor.preprocess(init_image)
@@ -51,7 +53,7 @@ def a1111_images(pipe, sampler, prompt, negative, steps, cfg, seed, *, width, he
     shape = (pipe.unet.config.in_channels, height // 8, width // 8)
     v = pipe.scheduler.config.get("prediction_type") == "v_prediction"
     latents = ref.a1111_sample(sampler, schedule, steps, unet, _model(pipe, sdxl), "pos", "neg", cfg, [seed], shape,
-                               v=v, init=init, strength=strength)
+                               v=v, init=init, strength=strength, fixed_steps=fixed_steps)
     with torch.no_grad():
         image = vae.decode(latents.to(torch.float32) / sf).sample
     return (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float32)[0], latents

@@ -61,6 +61,9 @@ def ingest(
     console.print(f"scanned {rep.scanned}, new {rep.added}, already done {rep.skipped}, "
                   f"broken {len(rep.errors)}, exact duplicates {len(rep.duplicates)}, "
                   f"near-duplicate clusters {len(rep.clusters)} (see {out / NEAR_DUPLICATES_REPORT})")
+    if rep.repeat_folders:
+        console.print("kohya repeat folders (repeats, class token): " + ", ".join(
+            f"{Path(f).name} ({n}, {token!r})" for f, (n, token) in rep.repeat_folders.items()))
     if rep.errors and show_errors:
         t = Table("skipped file", "reason", title="broken files (sources untouched)")
         for path, reason in rep.errors[:show_errors]:

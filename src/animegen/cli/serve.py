@@ -18,6 +18,8 @@ def serve(
     model: str = typer.Option(None, "--model", help="Checkpoint to load: diffusers folder or .safetensors file."),
     model_dir: Path = typer.Option(None, "--model-dir", help="Folder of checkpoints the API may switch to."),
     lora_dir: Path = typer.Option(None, "--lora-dir", help="Folder of LoRAs usable as <lora:name:weight>."),
+    embeddings_dir: Path = typer.Option(None, "--embeddings-dir",
+                                        help="Folder of textual-inversion embeddings usable by name in prompts."),
     vae: str = typer.Option(None, "--vae", help="VAE override (folder or .safetensors)."),
     device: str = typer.Option(None, "--device", help="cuda, cpu, mps (default: best available)."),
     dtype: str = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16 (as for generate)."),
@@ -40,7 +42,8 @@ def serve(
     from animegen.serve.config import ServeConfig
 
     values = {
-        "model": model, "model_dir": model_dir, "lora_dir": lora_dir, "vae": vae, "device": device,
+        "model": model, "model_dir": model_dir, "lora_dir": lora_dir, "embeddings_dir": embeddings_dir,
+        "vae": vae, "device": device,
         "dtype": dtype, "host": host, "port": port, "listen": listen or None, "api_auth": api_auth,
         "api_token": api_token, "max_queue": max_queue, "ui": ui,
         "nan_check": nan_check,
@@ -63,7 +66,8 @@ def serve(
             problems.append(f"{flag}{error['msg'].removeprefix('Value error, ')}")
         fail("; ".join(problems))
 
-    for name, folder in (("--model-dir", cfg.model_dir), ("--lora-dir", cfg.lora_dir)):
+    for name, folder in (("--model-dir", cfg.model_dir), ("--lora-dir", cfg.lora_dir),
+                         ("--embeddings-dir", cfg.embeddings_dir)):
         if folder is not None and not Path(folder).is_dir():
             raise typer.BadParameter(f"{folder} is not a folder", param_hint=name)
 

@@ -285,9 +285,11 @@ def open_regular_file(path: str | os.PathLike, *, max_bytes: int | None = None) 
 # ----------------------------------------------------------------------------------- hashes
 
 
-def _sha256_bytes(path: Path, max_bytes: int | None = None) -> str:
+def _sha256_bytes(path: Path, max_bytes: int | None = None, safetensors_payload: bool = False) -> str:
     with open_regular_file(path, max_bytes=max_bytes) as f:
         digest, seen = hashlib.sha256(), 0
+        if safetensors_payload:  # 8-byte little-endian header length, the JSON header, then the tensors
+            f.seek(8 + int.from_bytes(f.read(8), "little"))
         while chunk := f.read(1 << 20):
             seen += len(chunk)
             if max_bytes is not None and seen > max_bytes:  # it grew while being read
@@ -296,8 +298,12 @@ def _sha256_bytes(path: Path, max_bytes: int | None = None) -> str:
         return digest.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike, *, cached: bool = True, max_bytes: int | None = None) -> str:
+def sha256_file(path: str | os.PathLike, *, cached: bool = True, max_bytes: int | None = None,
+                safetensors_payload: bool = False) -> str:
     """sha256 hex of a file's bytes, cached by (resolved path, size, mtime_ns) so multi-GB checkpoints hash once.
+
+    `safetensors_payload=True` hashes only the tensor bytes after a .safetensors file's header (A1111's
+    `addnet_hash_safetensors`, the LoRA hash of infotext: editing the metadata does not change it).
 
     `cached=False` for bulk hashing of many small files (dataset images): one cache entry per image
     would only grow the cache file, and reading an image costs little more than a lookup. Only regular
@@ -306,9 +312,10 @@ def sha256_file(path: str | os.PathLike, *, cached: bool = True, max_bytes: int 
     """
     path = Path(path)
     if not cached:
-        return _sha256_bytes(path, max_bytes)
+        return _sha256_bytes(path, max_bytes, safetensors_payload)
     stat_result = path.stat()
     key = f"{path.resolve()}|{stat_result.st_size}|{stat_result.st_mtime_ns}"
+    key += "|payload" if safetensors_payload else ""
     cache_path = cache_root() / "hashes.json"
     try:
         cache = json.loads(cache_path.read_text())
@@ -318,7 +325,7 @@ def sha256_file(path: str | os.PathLike, *, cached: bool = True, max_bytes: int 
         cache = {}
     if key in cache:
         return cache[key]
-    cache[key] = _sha256_bytes(path, max_bytes)
+    cache[key] = _sha256_bytes(path, max_bytes, safetensors_payload)
     with contextlib.suppress(OSError):  # a read-only home only costs re-hashing next time
         atomic_write(cache_path, json.dumps(cache))
     return cache[key]

@@ -2,15 +2,19 @@
 
 DashAnime's observation: a scraped anime set is dominated by "1girl"; re-weighting tag-group buckets toward
 the median bucket size lets the long tail (boys, animals, objects, scenery) be learned. Rules are evaluated
-in order and the first match wins, so every image lands in exactly one bucket (the fallback catches the
-rest). A bucket of n images gets weight (median / n) ** strength, clipped to [min_weight, max_weight].
-With `target_size`, integer repeats are rounded per bucket (each bucket's total within 1 image of its share,
-summing to the target exactly), never per image: see `resample_repeats`.
+on the row's tags (`ManifestRow.all_tags`, the sidecar's included) in order and the first match wins, so
+every image lands in exactly one bucket (the fallback catches the rest). A bucket of n images gets weight
+(median / n) ** strength, clipped to [min_weight, max_weight]. With `target_size`, integer repeats are rounded
+per bucket (each bucket's total within 1 image of its share, summing to the target exactly), never per image:
+see `resample_repeats`.
 
 What `weight` and `repeats` mean (one meaning for the trainer and every export): a row's *exposure*, the times
-its image is shown per epoch, is `repeats` when set, else `weight`, else 1 (`exposure`). `repeats` already
-holds the weight (`--target-size` resamples by weight), so the two are never multiplied; a fractional
-exposure is an expected count (the trainer draws the fraction each epoch); 0 means never. The trainer
+its image is shown per epoch, is `repeats` when set, else `source_repeats * weight` (each 1 when unset;
+`exposure`). `source_repeats` is the user's own weighting, the N of the kohya `N_name` folder the image was
+ingested from: balance keeps it and multiplies it by the bucket weight (the buckets are still sized in images,
+so balance does not undo a folder's repeats). `repeats` already holds both (`--target-size` resamples in
+proportion to `source_repeats * weight`), so it is never multiplied again; a fractional exposure is an
+expected count (the trainer draws the fraction each epoch); 0 means never. The trainer
 multiplies it by the training config's per-dataset `repeats * weight` only. Formats that hold whole numbers
 (kohya `N_name` folders, WebDataset copies) get `integer_exposures`: whole exposures as they are, fractional
 ones rounded like `--target-size` (largest remainder per bucket, total = the rounded sum).
@@ -105,15 +109,6 @@ def load_rules(path: str | Path) -> tuple[list[BucketRule], str]:
     return rules, str(data.get("fallback", DEFAULT_FALLBACK))
 
 
-def row_tags(row: ManifestRow) -> set[str]:
-    tags = set(row.all_tags)
-    if not tags and row.source_caption:
-        from animegen.prompts.tags import normalize_tag, split_tags
-
-        tags = {normalize_tag(t) for t in split_tags(row.source_caption)}
-    return tags
-
-
 def assign_bucket(tags: set[str], rules: Sequence[BucketRule], fallback: str = DEFAULT_FALLBACK) -> str:
     """First matching rule's name, else `fallback`: exactly one bucket per image."""
     return next((r.name for r in rules if r.matches(tags)), fallback)
@@ -176,10 +171,15 @@ def resample_repeats(weights: Sequence[float], target: int, seed: int = 0,
 
 
 def exposure(row: ManifestRow) -> float:
-    """Times per epoch the row's image is shown: `repeats` if set (weight included), else `weight`, else 1."""
+    """Times per epoch the row's image is shown: `repeats` if set (all weighting in it), else
+    `source_repeats * weight`, each 1 when unset."""
     if row.repeats is not None:
         return float(row.repeats)
-    return float(row.weight) if row.weight is not None else 1.0
+    return _source_repeats(row) * (float(row.weight) if row.weight is not None else 1.0)
+
+
+def _source_repeats(row: ManifestRow) -> float:
+    return float(row.source_repeats) if row.source_repeats is not None else 1.0
 
 
 def integer_exposures(rows: Sequence[ManifestRow], seed: int = 0) -> list[int]:
@@ -209,7 +209,7 @@ class BucketStat:
     name: str
     images: int
     weight: float
-    after: float  # effective size after weighting (or resampled count)
+    after: float  # showings per epoch after weighting (source repeats included; resampled count)
 
 
 @dataclass
@@ -262,22 +262,22 @@ def balance_dataset(
     order = [r.name for r in rules] + ([fallback] if fallback not in {r.name for r in rules} else [])
     with Manifest(dataset) as manifest:
         rows = manifest.ok_rows()
-        buckets = {r.path: assign_bucket(row_tags(r), rules, fallback) for r in rows}
+        buckets = {r.path: assign_bucket(set(r.all_tags), rules, fallback) for r in rows}
         counts = {name: 0 for name in order}
         for b in buckets.values():
             counts[b] += 1
         weights = bucket_weights(counts, strength=strength, min_weight=min_weight, max_weight=max_weight)
-        repeats = resample_repeats([weights[buckets[r.path]] for r in rows], target_size, seed,
-                                   [buckets[r.path] for r in rows]) \
+        repeats = resample_repeats([weights[buckets[r.path]] * _source_repeats(r) for r in rows], target_size,
+                                   seed, [buckets[r.path] for r in rows]) \
             if target_size is not None and rows else None
         after = {name: 0.0 for name in order}
         for i, r in enumerate(rows):
             b = buckets[r.path]
             new = (b, round(weights[b], 6), repeats[i] if repeats is not None else None)
-            after[b] += new[2] if repeats is not None else new[1]
             if (r.bucket, r.weight, r.repeats) != new:
                 r.bucket, r.weight, r.repeats = new
                 manifest.put(r)
+            after[b] += exposure(r)
         sizes = [n for n in counts.values() if n]
         stats = [BucketStat(n, counts[n], weights[n], round(after[n], 3)) for n in order]
         report = BalanceReport(stats, float(np.median(sizes)) if sizes else 0.0)

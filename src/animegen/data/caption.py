@@ -30,7 +30,6 @@ from PIL import Image
 from animegen.data.batching import run_batched
 from animegen.data.manifest import Manifest, ManifestRow
 from animegen.data.sidecar import (
-    caption_tags,
     looks_like_tag_list,  # noqa: F401  (its home moved; callers import it here)
     read_sidecar_categories,
 )
@@ -39,7 +38,6 @@ from animegen.prompts.tags import (
     RESOLUTION_TAGS,
     expand_character_tag,
     is_count_tag,
-    normalize_tag,
     tag_key,
     unescape_tag,
 )
@@ -187,11 +185,11 @@ def caption_row(row: ManifestRow, preset: str = "dashanime", *,
     from animegen.prompts.presets import build_prompt
 
     known = sidecar_categories or {}
-    text_tags = caption_tags(row.source_caption) if row.source_caption else None
+    text_tags = row.caption_file_tags  # the caption file's tags, or with none the kohya class token
     text_source = row.nl_caption or (row.source_caption if text_tags is None else None)
     text = strip_style_phrases(text_source) if text_source else ""
     tagger = [*(row.tags or []), *(row.character_tags or [])]
-    general = [*(text_tags or []), *(normalize_tag(t) for t in row.source_tags or []), *(row.tags or [])]
+    general = [*row.sidecar_tags, *(row.tags or [])]  # the row's tags (`all_tags`), characters placed below
     derived: list[str] = []
     if resolution_tags and row.width and row.height:
         general = [t for t in general if tag_key(t) not in RESOLUTION_TAGS]

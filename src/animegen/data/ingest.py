@@ -6,6 +6,9 @@ One bad file never stops or hangs a run: a FIFO, socket or device named like an 
 stat before anything opens it; a file above `max_bytes`, or anything that goes wrong while hashing or
 decoding (whatever the exception), is an error row. A file name that is not valid UTF-8 is an ordinary row
 (the manifest stores its surrogate-escaped path, which opens the same file).
+An image directly inside a kohya `N_name` folder that is a sub-folder of a source (kohya's `train_data_dir`
+layout) keeps N as `source_repeats` and `name` as `class_token` (`data.sidecar.kohya_folder`); a source
+folder itself, or a deeper folder, is no repeat folder (kohya neither reads a subset's sub-folders).
 Exact duplicates are found by sha256, near duplicates by perceptual hash (clusters of pictures within a few
 bits of each other; the largest is kept). Re-running skips files already recorded with the same content.
 """
@@ -51,9 +54,8 @@ from animegen.data.manifest import (
     Manifest,
     ManifestRow,
 )
-from animegen.data.sidecar import read_sidecar
+from animegen.data.sidecar import kohya_folder, read_sidecar
 
-SIDECAR_EXTENSIONS = (".txt", ".caption", ".json")
 NEAR_DUPLICATES_REPORT = "near_duplicates.json"
 MAX_ASPECT_LOG_RATIO = 0.1  # ~10 % aspect difference: crops and letterboxing are different pictures
 MAX_COLOR_DIFF = 24  # per channel, 0..255
@@ -64,7 +66,7 @@ class IngestReport:
     """What an ingest run did; `clusters` lists near-duplicate groups with the kept path first.
 
     `skipped` counts files already recorded; `ignored` lists (path, reason) of files that are no row at all
-    (not regular files).
+    (not regular files); `repeat_folders` maps each kohya `N_name` folder found to its (repeats, class token).
     """
 
     scanned: int = 0
@@ -74,6 +76,7 @@ class IngestReport:
     ignored: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     clusters: list[list[str]] = field(default_factory=list)
+    repeat_folders: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 def scan_sources(sources: Sequence[str | Path], *, exclude: Iterable[str | Path] = ()) -> list[Path]:
@@ -97,6 +100,17 @@ def scan_sources(sources: Sequence[str | Path], *, exclude: Iterable[str | Path]
                 if is_image_file(name) and not name.startswith("."):
                     found.add(root_path / name)
     return sorted(found)
+
+
+def _repeat_folders(sources: Sequence[str | Path], paths: Iterable[Path]) -> dict[Path, tuple[int, str]]:
+    """The kohya `N_name` folders holding `paths`: direct sub-folders of a source folder (resolved)."""
+    roots = {Path(s).resolve() for s in sources if Path(s).is_dir()}
+    found: dict[Path, tuple[int, str]] = {}
+    for folder in {p.parent for p in paths}:
+        info = kohya_folder(folder.name) if folder.parent in roots else None
+        if info is not None:
+            found[folder] = info
+    return found
 
 
 def _examine(path: Path, stat: os.stat_result, sha: str, max_pixels: int,
@@ -311,6 +325,14 @@ def ingest(
                 manifest.put(row)
                 report.added += 1
         bar.close()
+        folders = _repeat_folders(sources, paths)
+        report.repeat_folders = {str(f): info for f, info in sorted(folders.items())}
+        for path in paths:  # every row, old ones too: a manifest from before this column gets it on rerun
+            row = manifest.rows.get(str(path))
+            want = folders.get(path.parent, (None, None))
+            if row is not None and (row.source_repeats, row.class_token) != want:
+                row.source_repeats, row.class_token = want
+                manifest.put(row)
         report.clusters = _update_near_duplicates(manifest, near_duplicate_threshold)
         for r in manifest:
             if r.status == STATUS_ERROR:

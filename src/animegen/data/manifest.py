@@ -26,6 +26,10 @@ Row key: `path` (absolute source path). Columns (all JSON; absent values are nul
 | cluster           | int              | ingest     | near-duplicate cluster id (same id = same picture)              |
 | source_caption    | str              | ingest     | caption read from a `.txt` / `.caption` / `.json` sidecar       |
 | source_tags       | list[str]        | ingest     | tags from a `.json` sidecar ("tags" key), if any                |
+| source_repeats    | int              | ingest     | N of the kohya `N_name` folder the image is in (its repeats     |
+|                   |                  |            | per epoch there; 0 = never); unset outside such a folder        |
+| class_token       | str              | ingest     | `name` of that folder: kohya's caption for an image with no     |
+|                   |                  |            | caption file                                                    |
 | tags              | list[str]        | tag        | general tags, most confident first                              |
 | character_tags    | list[str]        | tag        | character tags, most confident first                            |
 | tag_scores        | dict[str, float] | tag        | tagger confidence of every kept tag                             |
@@ -37,12 +41,18 @@ Row key: `path` (absolute source path). Columns (all JSON; absent values are nul
 | nl_caption        | str              | caption    | natural-language caption from a captioner plug-in               |
 | caption           | str              | caption    | the final training caption (use this to train)                  |
 | bucket            | str              | balance    | the single balance bucket of the image                          |
-| weight            | float            | balance    | times shown per epoch when `repeats` is unset (a fraction: the  |
-|                   |                  |            | expected count); pulls each bucket toward the median size       |
-| repeats           | int              | balance    | times shown per epoch, the weight already in it; 0 = never      |
-|                   |                  |            | (unset: `weight`, else 1; see `data.balance.exposure`)          |
+| weight            | float            | balance    | multiplies `source_repeats` when `repeats` is unset (a fraction:|
+|                   |                  |            | an expected count); pulls each bucket toward the median size    |
+| repeats           | int              | balance    | times shown per epoch, weight and source repeats already in it; |
+|                   |                  |            | 0 = never (unset: `source_repeats` x `weight`, each 1 if unset; |
+|                   |                  |            | see `data.balance.exposure`)                                    |
 
 Rows with `status == "ok"` are the training set. Unknown keys found in a file are kept (in `extra`).
+
+The tags of a row (`ManifestRow.all_tags`, what stats, balance, export and captions all use) are the sidecar's
+first, then the tagger's, each once, as kohya's `--append_tags` merges them: the caption file's tag list (for an
+image with no caption, the kohya class token it would train with), the JSON sidecar's tags, the tagger's
+character tags, its general tags. A sentence caption gives no tags.
 """
 
 from __future__ import annotations
@@ -57,6 +67,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from animegen.core.files import atomic_write
+from animegen.data.sidecar import caption_tags, dedupe_tags
+from animegen.prompts.tags import normalize_tag
 
 MANIFEST_NAME = "manifest.jsonl"
 LOCK_NAME = ".manifest.lock"
@@ -89,6 +101,8 @@ class ManifestRow:
     cluster: int | None = None
     source_caption: str | None = None
     source_tags: list[str] | None = None
+    source_repeats: int | None = None
+    class_token: str | None = None
     tags: list[str] | None = None
     character_tags: list[str] | None = None
     tag_scores: dict[str, float] | None = None
@@ -109,10 +123,22 @@ class ManifestRow:
         return self.status == STATUS_OK
 
     @property
+    def caption_file_tags(self) -> list[str] | None:
+        """The tags of the text kohya trains the image with: its caption's tag list, or with no caption its
+        class token; None for a sentence caption, or no caption and no class token."""
+        if self.source_caption:
+            return caption_tags(self.source_caption)
+        return [normalize_tag(self.class_token)] if self.class_token else None
+
+    @property
+    def sidecar_tags(self) -> list[str]:
+        """The tags the sources give: `caption_file_tags`, then the JSON sidecar's (normalised, may repeat)."""
+        return [*(self.caption_file_tags or []), *(normalize_tag(t) for t in self.source_tags or [])]
+
+    @property
     def all_tags(self) -> list[str]:
-        """Character tags then general tags (tagger output, else sidecar tags)."""
-        general = self.tags if self.tags is not None else (self.source_tags or [])
-        return list(self.character_tags or []) + list(general)
+        """The tags of the row (module docstring): sidecar tags, tagger character tags, tagger general tags."""
+        return dedupe_tags([*self.sidecar_tags, *(self.character_tags or []), *(self.tags or [])])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -283,7 +309,8 @@ def export_parquet(rows: Iterable[ManifestRow], path: str | Path) -> Path:
     schema = pa.schema(
         [
             (f.name, pa.list_(pa.string()) if f.name in ("source_tags", "tags", "character_tags") else
-             pa.int64() if f.name in ("size", "mtime_ns", "width", "height", "cluster", "repeats") else
+             pa.int64() if f.name in ("size", "mtime_ns", "width", "height", "cluster", "source_repeats",
+                                      "repeats") else
              pa.float64() if f.name in ("aesthetic_score", "weight") else
              pa.bool_() if f.name == "normalized" else pa.string())
             for f in fields(ManifestRow)

@@ -6,6 +6,9 @@ JSON sidecars are Danbooru API posts (`tag_string`, and `tag_string_character` /
 `_general` / `_meta` by category), booru dumps with `tags` (a string, a list, or a dict of category ->
 tags as e621 writes it), or anything with a `caption` / `text` / `prompt` / `description`.
 
+`CAPTION_EXTENSIONS` is the one list of caption-file extensions (ingest reads them, the trainer's
+`caption_extension` defaults to them). `kohya_folder` reads kohya's `N_name` folder names (repeats, class token).
+
 Danbooru tag strings split on spaces first and only then turn `_` into spaces (`prompts.tags.normalize_tag`,
 the one home of that rule), so kaomoji such as `^_^` survive. Danbooru's `copyright` category is the
 prompt builders' `series`.
@@ -14,12 +17,14 @@ prompt builders' `series`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from animegen.prompts.tags import normalize_tag, tag_key
 
-TEXT_SIDECAR_EXTENSIONS = (".txt", ".caption")
+CAPTION_EXTENSIONS = (".txt", ".caption")
+"""Caption files next to an image, in the order they are looked for: `.txt`, then kohya's default `.caption`."""
 #: Danbooru API post fields -> the prompt builders' tag categories (`prompts.presets.TAG_CATEGORIES`).
 DANBOORU_CATEGORY_FIELDS = {"tag_string_character": "character", "tag_string_copyright": "series",
                             "tag_string_artist": "artist", "tag_string_general": "general",
@@ -27,6 +32,16 @@ DANBOORU_CATEGORY_FIELDS = {"tag_string_character": "character", "tag_string_cop
 #: Booru category names in a `tags` dict (e621, gallery-dl) -> tag categories; unknown ones are general.
 _BOORU_CATEGORIES = {"character": "character", "copyright": "series", "series": "series", "artist": "artist",
                      "meta": "meta", "general": "general"}
+
+
+def kohya_folder(name: str) -> tuple[int, str] | None:
+    """(repeats, class token) of a kohya DreamBooth folder name, None when it does not start with a count.
+
+    kohya splits the name on `_`: the first part is the repeat count, the rest joined with `_` the class token
+    (`10_zxq` -> (10, "zxq"), `2_blue_cat` -> (2, "blue_cat"), `5` -> (5, "")). ASCII digits only.
+    """
+    head, _, token = name.partition("_")
+    return (int(head), token) if head.isascii() and head.isdigit() else None
 
 
 def looks_like_tag_list(caption: str) -> bool:
@@ -84,8 +99,8 @@ def _categorised(meta: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _dedupe(tags: list[str]) -> list[str]:
-    """First occurrence of each tag, in order."""
+def dedupe_tags(tags: Iterable[str]) -> list[str]:
+    """First occurrence of each tag (by `tag_key`), in order; empty tags dropped."""
     first: dict[str, str] = {}
     for t in tags:
         if t:
@@ -96,13 +111,13 @@ def _dedupe(tags: list[str]) -> list[str]:
 def _json_tags(meta: dict[str, Any]) -> list[str] | None:
     raw = meta.get("tags")
     if isinstance(raw, str):  # comma separated, else a booru tag string
-        return _dedupe([normalize_tag(t) for t in raw.split(",")] if "," in raw else split_tag_string(raw))
+        return dedupe_tags([normalize_tag(t) for t in raw.split(",")] if "," in raw else split_tag_string(raw))
     if isinstance(raw, list):
-        return _dedupe([normalize_tag(str(t)) for t in raw])
+        return dedupe_tags([normalize_tag(str(t)) for t in raw])
     pairs = _categorised(meta)
     if isinstance(meta.get("tag_string"), str):  # Danbooru API: also holds the tags no category field lists
         pairs += [(t, "general") for t in split_tag_string(meta["tag_string"])]
-    return _dedupe([t for t, _ in pairs]) if pairs else None
+    return dedupe_tags([t for t, _ in pairs]) if pairs else None
 
 
 def read_sidecar(image_path: str | Path) -> tuple[str | None, list[str] | None]:
@@ -113,7 +128,7 @@ def read_sidecar(image_path: str | Path) -> tuple[str | None, list[str] | None]:
     """
     image_path = Path(image_path)
     caption: str | None = None
-    for ext in TEXT_SIDECAR_EXTENSIONS:
+    for ext in CAPTION_EXTENSIONS:
         p = image_path.with_suffix(ext)
         if p.is_file():
             text = p.read_text(encoding="utf-8", errors="replace").strip()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from animegen.data.manifest import Manifest, ManifestRow, load_manifest
 from animegen.core.files import atomic_path
+from animegen.data.manifest import Manifest, ManifestRow, load_manifest
 
 
 def tag_frequencies(rows: Iterable[ManifestRow]) -> Counter[str]:

@@ -7,9 +7,15 @@ Contract. `CFGDenoiser(unet_fn, schedule, ...)` is k-diffusion's `CompVisDenoise
   interpolation, never rounded);
 * epsilon models: D = x - sigma * eps; v models: D = x / (sigma^2 + 1) - v * sigma / sqrt(sigma^2 + 1);
 * CFG (Ho & Salimans 2022) on the denoised images, positive and negative in one batch (positive first):
-  D = D_uncond + cfg_scale * (D_cond - D_uncond);
+  D = D_uncond + cfg_scale * (D_cond - D_uncond); with A1111's composable AND (Liu et al. 2022), parts i with
+  weights w_i: D = D_uncond + sum_i (D_i - D_uncond) * (w_i * cfg_scale), all parts and the negative in one
+  batch, as A1111's `CFGDenoiser.combine_denoised` (one part of weight 1 is plain CFG, bit for bit);
+* conditioning that changes per step (A1111's prompt editing and alternation): `cond` may be a callable
+  `step -> [(cond dict, weight), ...]` and `uncond` a callable `step -> cond dict`, where step counts this
+  denoiser's calls from 0, as A1111's `CFGDenoiser.step` (a second-order sampler makes two calls a step);
 * `guidance_rescale` phi > 0: CFG rescale (Lin et al. 2023, section 3.4) on the model's own output (eps or
-  v, as diffusers' `guidance_rescale`): out = phi * out_cfg * std(out_cond) / std(out_cfg) + (1 - phi) * out_cfg.
+  v, as diffusers' `guidance_rescale`): out = phi * out_cfg * std(out_cond) / std(out_cfg) + (1 - phi) * out_cfg,
+  where out_cond is the positive prediction (with AND: out_uncond + sum_i w_i (out_i - out_uncond)).
   A1111 has no built-in CFG rescale; 0 (the default) is exactly A1111's guidance.
 
 `eps(x, timestep)` is A1111's timestep-sampler view (DDIM, PLMS): the UNet at an integer timestep on the
@@ -18,7 +24,8 @@ timesteps and the consistency-model boundary scalings, sigma_data 0.5, timestep 
 deliberately differ from A1111: a v-prediction model is read as v (A1111's LCM reads every model as eps).
 
 `unet_fn(x, t, cond)` runs the network on a batch: `cond` maps names to tensors batched like `x`
-(encoder_hidden_states, SDXL's text_embeds/time_ids); the engine builds it over diffusers' UNet.
+(encoder_hidden_states, SDXL's text_embeds/time_ids; every cond dict of a call has the same sequence length);
+the engine builds it over diffusers' UNet.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import torch
 from animegen.generate.schedules import DiscreteSchedule, LCMSchedule
 
 UNetFn = Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]
+PartsAt = Callable[[int], list[tuple[dict, float]]]  # denoiser call -> [(cond, AND weight)]
+CondAt = Callable[[int], dict]  # denoiser call -> the negative cond
 
 
 def _dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -39,7 +48,7 @@ def _dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
 class CFGDenoiser:
     """D(x, sigma) with classifier-free guidance over one UNet; see the module docstring."""
 
-    def __init__(self, unet_fn: UNetFn, schedule: DiscreteSchedule, *, cond: dict, uncond: dict,
+    def __init__(self, unet_fn: UNetFn, schedule: DiscreteSchedule, *, cond: dict | PartsAt, uncond: dict | CondAt,
                  cfg_scale: float, prediction_type: str = "epsilon", guidance_rescale: float = 0.0,
                  lcm: bool = False):
         if prediction_type not in ("epsilon", "v_prediction"):
@@ -47,24 +56,36 @@ class CFGDenoiser:
         self.unet_fn = unet_fn
         self.schedule = LCMSchedule(schedule) if lcm else schedule
         self.lcm = lcm
-        self.cond, self.uncond = cond, uncond
+        self.cond = cond if callable(cond) else (lambda step: [(cond, 1.0)])
+        self.uncond = uncond if callable(uncond) else (lambda step: uncond)
         self.cfg_scale = float(cfg_scale)
         self.v = prediction_type == "v_prediction"
         self.guidance_rescale = float(guidance_rescale)
-        self.calls = 0  # network evaluations (each one batch of positive + negative)
+        self.calls = 0  # network evaluations (each one batch of the positive parts + negative); A1111's step
 
-    # ---- the network on positive and negative at once -------------------------------------------------
-    def _both(self, x_in: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x_in.shape[0]
-        cond = {k: torch.cat([self.cond[k], self.uncond[k]]) for k in self.cond}
-        out = self.unet_fn(torch.cat([x_in, x_in]), torch.cat([t, t]), cond).to(torch.float32)
+    # ---- the network on every positive part and the negative at once ---------------------------------------
+    def _outputs(self, x_in: torch.Tensor, t: torch.Tensor) -> tuple[list[tuple[torch.Tensor, float]], torch.Tensor]:
+        parts, uncond = self.cond(self.calls), self.uncond(self.calls)
+        conds = [c for c, _ in parts] + [uncond]
+        batch = {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+        out = self.unet_fn(torch.cat([x_in] * len(conds)), torch.cat([t] * len(conds)), batch).to(torch.float32)
         self.calls += 1
-        return out[:n], out[n:]
+        outs = out.split(x_in.shape[0])
+        return [(o, w) for o, (_, w) in zip(outs, parts)], outs[-1]
 
-    def _guided(self, out_c: torch.Tensor, out_u: torch.Tensor) -> torch.Tensor:
-        out = out_u + (out_c - out_u) * self.cfg_scale
+    @staticmethod
+    def _combine(parts: list[tuple[torch.Tensor, float]], out_u: torch.Tensor, scale: float) -> torch.Tensor:
+        """out_u + sum_i (out_i - out_u) * (w_i * scale): A1111's combine_denoised."""
+        out = out_u
+        for out_i, weight in parts:
+            out = out + (out_i - out_u) * (weight * scale)
+        return out
+
+    def _guided(self, parts: list[tuple[torch.Tensor, float]], out_u: torch.Tensor) -> torch.Tensor:
+        out = self._combine(parts, out_u, self.cfg_scale)
         phi = self.guidance_rescale
         if phi > 0:
+            out_c = parts[0][0] if len(parts) == 1 and parts[0][1] == 1.0 else self._combine(parts, out_u, 1.0)
             dims = list(range(1, out.ndim))
             rescaled = out * (out_c.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True))
             out = phi * rescaled + (1 - phi) * out
@@ -81,13 +102,13 @@ class CFGDenoiser:
         sigma = sigma.to(x.device, torch.float32).expand(x.shape[0])
         c_in = _dims(1 / (sigma ** 2 + 1) ** 0.5, x.ndim)
         t = self.schedule.sigma_to_t(sigma)
-        out_c, out_u = self._both(x * c_in, t)
+        parts, out_u = self._outputs(x * c_in, t)
         if self.guidance_rescale > 0:
-            denoised = self._to_denoised(x, sigma, self._guided(out_c, out_u))
+            denoised = self._to_denoised(x, sigma, self._guided(parts, out_u))
             return self._lcm_scaled(x, sigma, denoised)
-        d_c = self._lcm_scaled(x, sigma, self._to_denoised(x, sigma, out_c))
+        d_parts = [(self._lcm_scaled(x, sigma, self._to_denoised(x, sigma, o)), w) for o, w in parts]
         d_u = self._lcm_scaled(x, sigma, self._to_denoised(x, sigma, out_u))
-        return d_u + (d_c - d_u) * self.cfg_scale
+        return self._combine(d_parts, d_u, self.cfg_scale)
 
     def _lcm_scaled(self, x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         if not self.lcm:
@@ -101,9 +122,9 @@ class CFGDenoiser:
     def eps(self, x: torch.Tensor, timestep: float) -> torch.Tensor:
         """Guided epsilon at `timestep` (fractional for UniPC; v is converted at its integer part, as A1111)."""
         t = torch.full((x.shape[0],), float(timestep), device=x.device)
-        out_c, out_u = self._both(x, t)
+        parts, out_u = self._outputs(x, t)
         if self.v:
             a = self.schedule.alphas_cumprod[int(timestep)].to(torch.float64)
             sa, s1a = a.sqrt().to(torch.float32).item(), (1 - a).sqrt().to(torch.float32).item()
-            out_c, out_u = sa * out_c + s1a * x, sa * out_u + s1a * x
-        return self._guided(out_c, out_u)
+            parts, out_u = [(sa * o + s1a * x, w) for o, w in parts], sa * out_u + s1a * x
+        return self._guided(parts, out_u)

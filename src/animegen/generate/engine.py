@@ -2,9 +2,10 @@
 
 It holds a diffusers Stable Diffusion pipeline for its modules (text encoders, UNet, VAE) and samples
 as A1111 1.10 does (`kpipeline`: A1111's samplers, schedule types and noise over that UNet), from
-A1111-weighted prompt embeddings (`animegen.prompts.encode`). Noise comes from per-image CPU generators
-(A1111's "RNG: CPU") so a seed gives the same composition on any device, and image k of a batch equals
-image k generated alone with seed+k. NaN/inf in a pass's final latents or
+A1111-weighted prompt embeddings (`animegen.prompts.encode`). Every pass (txt2img, img2img, the hires pass) draws
+its starting, ancestral and SDE noise from a fresh `rng.ImageRNG` of the request's source ("RNG": GPU, CPU, NV)
+and ENSD, one generator per image as A1111, so image k of a batch equals image k generated alone with seed+k
+and the infotext records the source. NaN/inf in a pass's final latents or
 decoded pixels is an error naming the stage (`generate.nan_check`, A1111's NansException), unless
 `nan_check=False`.
 """
@@ -25,14 +26,17 @@ from PIL import Image
 
 from animegen import __version__
 from animegen.core.errors import AnimegenError
-from animegen.generate.infotext import format_infotext
+from animegen.generate import hires as hr
+from animegen.generate.infotext import format_infotext, noise_fields, schedule_type_label
 from animegen.generate.kpipeline import KPipeline
 from animegen.generate.nan_check import check_output
 from animegen.generate.request import GenerationRequest, ResolvedRequest, lora_tag_text, resolve
+from animegen.generate.rng import ImageRNG
 from animegen.generate.samplers import img2img_steps, resolve_sampler
 from animegen.models.family import family_of
 
 Progress = Callable[[int, int], None]
+_MERGED_ATTR = "_animegen_merged_loras"  # on the pipe: (LoRA files, mtimes and weights merged, tensors changed)
 
 
 @dataclass
@@ -56,13 +60,15 @@ class Generator:
     changes it: no speed-ups unless `speedups=` asks for them, since fusing QKV or changing the memory
     format would swap the very modules the caller trains. Its infotext `Model:` is `model_name=`, else
     the name of the folder/file the pipe was loaded from (`name_or_path`). `nan_check=False` returns
-    images with NaN/inf pixels instead of raising (A1111's `--disable-nan-check`).
+    images with NaN/inf pixels instead of raising (A1111's `--disable-nan-check`). Textual-inversion
+    embeddings in `embeddings_dir` (or `.embeddings.register(path)`) are used by name in either prompt.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, vae: str | os.PathLike | None = None,
                  device: str | None = None, dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
                  lora_dir: str | os.PathLike | None = None, pipe=None, preset_file: str | os.PathLike | None = None,
-                 speedups=None, model_name: str | None = None, nan_check: bool = True):
+                 speedups=None, model_name: str | None = None, nan_check: bool = True,
+                 embeddings_dir: str | os.PathLike | None = None):
         from animegen.models import loading
 
         if model is None and pipe is None:
@@ -75,7 +81,10 @@ class Generator:
         self.model_hash = loading.model_hash(model) if pipe is None else None
         self.vae_name = Path(vae).stem if vae else None
         self.lora_dir = Path(lora_dir) if lora_dir else None
-        self.allow_pickle = allow_pickle  # also for pickled LoRA files (.pt/.ckpt/.bin)
+        self.allow_pickle = allow_pickle  # also for pickled LoRA files (.pt/.ckpt/.bin) and embeddings (.pt/.bin)
+        from animegen.prompts.embeddings import EmbeddingLibrary
+
+        self.embeddings = EmbeddingLibrary(embeddings_dir, allow_pickle=allow_pickle)
         self.preset_file = preset_file
         self.nan_check = nan_check
         self.family = family_of(self.pipe)  # default size, and what infotext / UIs show
@@ -152,12 +161,19 @@ class Generator:
         return clean_prompt, recorded, loras
 
     def _apply_loras(self, loras: list[tuple[str, Path, float]]) -> None:
-        from animegen.models.lora import apply_loras, remove_loras  # both refresh fused QKV copies
+        """Merge the request's LoRAs, unless the same files at the same weights are still merged (recorded on
+        the pipe, which engines lent the same pipe share)."""
+        from animegen.models import lora  # apply_loras and remove_loras both refresh fused QKV copies
 
+        wanted = tuple((str(path.resolve()), path.stat().st_mtime_ns, repr(weight)) for _, path, weight in loras)
+        if self.pipe.__dict__.get(_MERGED_ATTR) == (wanted, lora.applied_lora_count(self.pipe)):
+            return
+        self.pipe.__dict__.pop(_MERGED_ATTR, None)
         if loras:
-            apply_loras(self.pipe, [(self._read_lora(path), weight) for _, path, weight in loras])
+            lora.apply_loras(self.pipe, [(self._read_lora(path), weight) for _, path, weight in loras])
         else:
-            remove_loras(self.pipe)
+            lora.remove_loras(self.pipe)
+        self.pipe.__dict__[_MERGED_ATTR] = (wanted, lora.applied_lora_count(self.pipe))
 
     # ---- generation ------------------------------------------------------------------------------
     @property
@@ -174,10 +190,14 @@ class Generator:
         from animegen.prompts.encode import encode_prompts
 
         resolved = resolve(request, self.default_size, self.preset_file)
-        resolve_sampler(resolved.sampler, resolved.schedule_type)  # fail before any work
+        choices = self._choices(resolved)  # fail before any work
         text_prompt, recorded_prompt, loras = self._prepare_loras(resolved)
         self._apply_loras(loras)
-        conditioning = encode_prompts(self.pipe, text_prompt, resolved.negative_prompt, clip_skip=resolved.clip_skip)
+        conditioning = encode_prompts(self.pipe, text_prompt, resolved.negative_prompt, clip_skip=resolved.clip_skip,
+                                      emphasis=resolved.emphasis, embeddings=self.embeddings)
+        hires_conditioning = self._hires_conditioning(resolved, conditioning)
+        ti_hashes = self.embeddings.infotext_hashes(self.pipe, [text_prompt, resolved.negative_prompt],
+                                                    emphasis=resolved.emphasis)
 
         tracker = _StepTracker(self._total_steps(resolved), progress, interrupt)
         results: list[GeneratedImage] = []
@@ -187,9 +207,12 @@ class Generator:
                 tracker.interrupted = True
                 break  # like A1111: images of the interrupted batch come back half-denoised, later ones never start
             batch = seeds[start:start + resolved.batch_size]
-            arrays = self._run_batch(resolved, batch, conditioning.repeat_interleave(len(batch)), tracker)
-            for seed, array in zip(batch, arrays):
-                params = self._parameters(resolved, seed, loras)
+            subseeds = list(resolved.subseeds[start:start + resolved.batch_size])
+            conds = [c.repeat_interleave(len(batch)) if c is not None else None
+                     for c in (conditioning, hires_conditioning)]
+            arrays = self._run_batch(resolved, choices, batch, subseeds, conds, tracker)
+            for seed, subseed, array in zip(batch, subseeds, arrays):
+                params = self._parameters(resolved, choices, seed, subseed, loras, ti_hashes)
                 info = format_infotext(recorded_prompt, resolved.negative_prompt, params)
                 image = Image.fromarray((array * 255).round().clip(0, 255).astype("uint8"))
                 results.append(GeneratedImage(image, seed, info, params, array))
@@ -199,7 +222,7 @@ class Generator:
 
     def _total_steps(self, r: ResolvedRequest) -> int:
         per_image = img2img_steps(r.steps, r.strength, False)[1] + 1 if r.init_image is not None else r.steps
-        if r.hires_scale > 1:
+        if r.hires:
             per_image += r.hires_steps or r.steps  # A1111 runs exactly the hires steps
         batches = -(-len(r.seeds) // r.batch_size)
         return max(1, per_image * batches)
@@ -210,10 +233,38 @@ class Generator:
             self._kpipe = KPipeline(self.pipe, is_sdxl=self.family.is_sdxl)
         return self._kpipe
 
-    def _run_batch(self, r: ResolvedRequest, seeds: list[int], conditioning, tracker: _StepTracker) -> np.ndarray:
+    @staticmethod
+    def _choices(r: ResolvedRequest):
+        """(first pass, hires pass) samplers; the hires one inherits sampler and schedule, as A1111's hr_sampler_name
+        / hr_scheduler do ("Use same ...")."""
+        choice = resolve_sampler(r.sampler, r.schedule_type)
+        hires = resolve_sampler(r.hires_sampler or choice.sampler.name, r.hires_schedule_type or choice.schedule.label)
+        return choice, hires
+
+    def _hires_conditioning(self, r: ResolvedRequest, conditioning):
+        """The hires pass's prompts (A1111's hr_prompt / hr_negative_prompt, "" = the first pass's); None = the same.
+
+        A1111 activates the hires prompt's own extra networks for the second pass; animegen merges one LoRA set per
+        request, so a hires prompt whose LoRA tags differ from the prompt's is refused.
+        """
+        from animegen.prompts.encode import encode_prompts
+        from animegen.prompts.parser import parse_extra_networks
+
+        if not r.hires or not (r.hires_prompt or r.hires_negative_prompt):
+            return None
+        main, hires = parse_extra_networks(r.prompt), parse_extra_networks(r.hires_prompt or r.prompt)
+        if [(t.name, t.multiplier) for t in main.loras] != [(t.name, t.multiplier) for t in hires.loras]:
+            raise AnimegenError("hires_prompt's <lora:...> tags differ from the prompt's; animegen applies one LoRA "
+                                "set to both passes: give the hires prompt the same tags")
+        return encode_prompts(self.pipe, hires.text, r.hires_negative_prompt or r.negative_prompt,
+                              clip_skip=r.clip_skip, emphasis=r.emphasis, embeddings=self.embeddings)
+
+    def _run_batch(self, r: ResolvedRequest, choices, seeds: list[int], subseeds: list[int], conds,
+                   tracker: _StepTracker) -> np.ndarray:
         """One batch through A1111's sampling path: txt2img or img2img, then the hires pass."""
-        kp, choice = self.sampling(), resolve_sampler(r.sampler, r.schedule_type)
-        common = dict(cfg_scale=r.cfg_scale, callback=tracker.on_step)
+        kp, (choice, hires_choice), (conditioning, hires_conditioning) = self.sampling(), choices, conds
+        common = dict(cfg_scale=r.cfg_scale, guidance_rescale=r.guidance_rescale, callback=tracker.on_step,
+                      noise=self._noise(kp, r, seeds, subseeds))
         latents = None
         with tracker.pass_of(r.steps if r.init_image is None else img2img_steps(r.steps, r.strength, False)[1] + 1):
             if r.init_image is not None:
@@ -222,36 +273,53 @@ class Generator:
             else:
                 latents = kp.txt2img(choice, conditioning, seeds, width=r.width, height=r.height, steps=r.steps,
                                      **common)
-        out = self._decode(kp, tracker, latents)
-        self._check(tracker, out, seeds)  # before hires turns NaN into black 8-bit pixels
-        if r.hires_scale > 1 and not tracker.interrupted:
-            out = self._hires(kp, choice, r, seeds, out, conditioning, tracker)
+        latents = self._final(tracker, latents)
+        if not r.hires or tracker.interrupted:
+            out = kp.decode(latents)
             self._check(tracker, out, seeds)
+            return np.asarray(out, dtype=np.float32)
+        # A1111's latent upscalers never decode the first pass; the pixel ones decode it (NaN-checked first)
+        first = None if r.hires_upscaler in hr.LATENT_UPSCALERS else kp.decode(latents)
+        self._check(tracker, first, seeds)
+        out = self._hires(kp, hires_choice, r, seeds, subseeds, latents, first, hires_conditioning or conditioning,
+                          tracker)
+        self._check(tracker, out, seeds)
         return np.asarray(out, dtype=np.float32)
 
     @staticmethod
-    def _decode(kp: KPipeline, tracker: _StepTracker, latents: torch.Tensor) -> np.ndarray:
-        """Decode a pass; an interrupted pass decodes its last denoised prediction, as A1111 does."""
+    def _noise(kp: KPipeline, r: ResolvedRequest, seeds: list[int], subseeds: list[int]) -> ImageRNG:
+        """One pass's noise: a new generator per image of the request's source, ENSD and variation seed (A1111
+        makes a new ImageRNG for the hires pass too)."""
+        return ImageRNG(seeds, source=r.rng, eta_noise_seed_delta=r.eta_noise_seed_delta, subseeds=subseeds,
+                        subseed_strength=r.subseed_strength, device=kp.device)
+
+    @staticmethod
+    def _final(tracker: _StepTracker, latents: torch.Tensor) -> torch.Tensor:
+        """A pass's result: an interrupted pass gives its last denoised prediction, as A1111 does."""
         if tracker.interrupted and tracker.last_denoised is not None:
             latents = tracker.last_denoised
         tracker.latents = latents
-        return kp.decode(latents)
+        return latents
 
-    def _hires(self, kp: KPipeline, choice, r: ResolvedRequest, seeds: list[int], first: np.ndarray,
-               conditioning, tracker: _StepTracker) -> np.ndarray:
-        """A1111's hires fix: upscale the first pass (Lanczos), then img2img at `hires_denoise` for exactly the
-        hires steps (A1111 passes them to `sample_img2img`), with fresh per-seed noise."""
-        width = int(r.width * r.hires_scale) // 8 * 8
-        height = int(r.height * r.hires_scale) // 8 * 8
-        upscaled = [Image.fromarray((a * 255).round().clip(0, 255).astype("uint8")).resize((width, height),
-                                                                                          Image.LANCZOS)
-                    for a in first]
-        steps, latents = r.hires_steps or r.steps, None
+    def _hires(self, kp: KPipeline, choice, r: ResolvedRequest, seeds: list[int], subseeds: list[int],
+               latents: torch.Tensor, first: np.ndarray | None, conditioning, tracker: _StepTracker) -> np.ndarray:
+        """A1111's `sample_hr_pass`: upscale the first pass to the target (`generate.hires`: latents interpolated,
+        or 8-bit pixels resized and re-encoded), crop, then img2img at `hires_denoise` for exactly the hires steps
+        (A1111 hands them to `sample_img2img`, whose fixed-steps rule runs that many), with fresh per-seed noise."""
+        target = hr.hires_target(r.width, r.height, r.hires_scale, r.hires_resize_x, r.hires_resize_y)
+        if first is None:
+            init = hr.upscale_latents(latents, target, r.hires_upscaler)
+        else:
+            pixels = [Image.fromarray((np.clip(a, 0, 1) * 255).astype("uint8")) for a in first]  # A1111 truncates
+            init = kp.encode([hr.upscale_image(im, target, r.hires_upscaler) for im in pixels])
+        init = hr.crop_latents(init, target)
+        steps = r.hires_steps or r.steps
         with tracker.pass_of(steps):
-            latents = kp.img2img(choice, conditioning, seeds, kp.encode(upscaled), steps=steps,
-                                 strength=r.hires_denoise, cfg_scale=r.cfg_scale, fixed_steps=True,
-                                 callback=tracker.on_step)
-        return self._decode(kp, tracker, latents)
+            latents = kp.img2img(choice, conditioning, seeds, init, steps=steps, strength=r.hires_denoise,
+                                 cfg_scale=r.hires_cfg_scale, guidance_rescale=r.guidance_rescale, fixed_steps=True,
+                                 callback=tracker.on_step, noise=self._noise(kp, r, seeds, subseeds),
+                                 size=(target.width, target.height))
+        return kp.decode(self._final(tracker, latents))
 
     def _check(self, tracker: _StepTracker, images, seeds: list[int]) -> None:
         """The NaN check of one pass: its final latents (unet), then its decoded pixels (vae)."""
@@ -259,30 +327,67 @@ class Generator:
             check_output(self.pipe, tracker.latents, images, seeds)
         tracker.latents = None
 
-    def _parameters(self, r: ResolvedRequest, seed: int, loras: list[tuple[str, Path, float]]) -> dict[str, Any]:
+    def _parameters(self, r: ResolvedRequest, choices, seed: int, subseed: int, loras: list[tuple[str, Path, float]],
+                    ti_hashes: str | None = None) -> dict[str, Any]:
+        """The infotext fields, in A1111 1.10's order (`infotext` lists them and how they read back)."""
         from animegen.models.lora import lora_hash
 
+        choice, hires_choice = choices
+        variation = r.subseed_strength > 0
+        ensd = uses_ensd(choice) or (r.hires and uses_ensd(hires_choice))
         params: dict[str, Any] = {
             "Steps": r.steps,
-            "Sampler": r.sampler,
-            "Schedule type": r.schedule_type,
+            "Sampler": choice.sampler.name,
+            "Schedule type": schedule_type_label(choice),
             "CFG scale": f"{r.cfg_scale:g}",
             "Seed": seed,
             "Size": f"{r.width}x{r.height}",
             "Model hash": self.model_hash,
             "Model": self.model_name,
             "VAE": self.vae_name,
-            "Denoising strength": r.strength if r.init_image is not None else (
-                r.hires_denoise if r.hires_scale > 1 else None),
+            "Variation seed": subseed if variation else None,
+            "Variation seed strength": f"{r.subseed_strength:g}" if variation else None,
+            "Denoising strength": r.strength if r.init_image is not None else (r.hires_denoise if r.hires else None),
             "Clip skip": r.clip_skip if r.clip_skip > 1 else None,
-            "Hires upscale": f"{r.hires_scale:g}" if r.hires_scale > 1 else None,
-            "Hires steps": r.hires_steps if r.hires_scale > 1 and r.hires_steps else None,
-            "Hires upscaler": "Lanczos" if r.hires_scale > 1 else None,
+            **noise_fields(r.rng, r.eta_noise_seed_delta, sampler_uses_ensd=ensd),
+            "Emphasis": r.emphasis if r.emphasis != "Original" else None,
+            "Rescale CFG": f"{r.guidance_rescale:g}" if r.guidance_rescale > 0 else None,
+            **(self._hires_parameters(r, choice, hires_choice) if r.hires else {}),
         }
         if loras:
             params["Lora hashes"] = ", ".join(f"{name}: {lora_hash(path)}" for name, path, _ in loras)
+        if ti_hashes:
+            params["TI hashes"] = ti_hashes
         params["Version"] = f"animegen {__version__}"
         return params
+
+
+    @staticmethod
+    def _hires_parameters(r: ResolvedRequest, choice, hires_choice) -> dict[str, Any]:
+        """A1111's hires fields: each written only when it differs from the first pass's (Forge's Hires CFG Scale
+        likewise); "Hires schedule type" whenever it is not the first pass's written label, which is also what
+        reading an infotext without it assumes."""
+        label, hires_label = schedule_type_label(choice), schedule_type_label(hires_choice)
+        resize = bool(r.hires_resize_x or r.hires_resize_y)
+        return {
+            "Hires sampler": hires_choice.sampler.name if hires_choice.sampler.name != choice.sampler.name else None,
+            "Hires prompt": r.hires_prompt if r.hires_prompt not in ("", r.prompt) else None,
+            "Hires negative prompt": r.hires_negative_prompt if r.hires_negative_prompt not in ("", r.negative_prompt)
+            else None,
+            "Hires schedule type": hires_label if hires_label != label else None,
+            "Hires CFG Scale": f"{r.hires_cfg_scale:g}" if r.hires_cfg_scale != r.cfg_scale else None,
+            "Hires upscale": None if resize else f"{r.hires_scale:g}",
+            "Hires resize": f"{r.hires_resize_x}x{r.hires_resize_y}" if resize else None,
+            "Hires steps": r.hires_steps or None,
+            "Hires upscaler": r.hires_upscaler,
+        }
+
+
+def uses_ensd(choice) -> bool:
+    """Whether ENSD can change a sampler's (`SamplerChoice`) image: it draws from the image generators after the
+    first draw. A1111's `uses_ensd` samplers (the ancestral ones), plus Restart and LCM, whose re-noising A1111
+    draws from the same generators without flagging them (so its infotext drops an ENSD that changed the image)."""
+    return bool(choice.sampler.options.get("uses_ensd")) or choice.sampler.name in ("Restart", "LCM")
 
 
 class _Interrupt(Exception):

@@ -8,12 +8,44 @@ The format is A1111's, so its PNG Info tab and Civitai read our images and we re
 
 Values that contain `,`, `:` or a newline are JSON-quoted, exactly as A1111's `quote()` does. The noise
 source ("RNG") and ENSD are written and read by `noise_fields` / `parse_noise_fields`, with A1111's meaning
-of a missing field (GPU noise, ENSD 0).
+of a missing field (GPU noise, ENSD 0). `request_fields` turns an infotext into a request, field by field:
+
+Read, with A1111 1.10's meaning (`infotext_utils.parse_generation_parameters`, `sd_samplers`):
+  Prompt, Negative prompt, Steps, Sampler (any A1111 name or alias, `k_euler_a`; a pre-1.9 name with its
+  schedule as suffix, "DPM++ 2M Karras"), Schedule type (missing = Automatic: the sampler's default, so a bare
+  "DPM++ 2M" is Karras, as 1.10 reads it), CFG scale, Seed, Size, Clip skip (missing = 1), Denoising strength
+  (the hires pass's with a hires field, else img2img's), RNG (missing = GPU), ENSD / Eta noise seed delta,
+  Emphasis (missing = Original), Variation seed, Variation seed strength, Hires upscale, Hires resize (WxH),
+  Hires steps, Hires upscaler (missing = Latent, A1111's default mode), Hires sampler, Hires schedule type
+  ("Use same ..." = unset), Hires prompt, Hires negative prompt, First pass size (the pre-1.0 hires fix, turned
+  into Size + Hires resize as A1111 does), Hypernet (appended as a `<hypernet:...>` tag, as A1111 does; the
+  engine then warns it ignores it); Forge's Hires CFG Scale and Rescale CFG (CFG rescale, `guidance_rescale`).
+Read, no effect on the request: Model hash, Model, VAE hash, VAE, Version, User, Lora hashes, TI hashes,
+  Hashes, Init image hash, Hypernet hash, Hypernet strength (part of the Hypernet tag).
+Ignored with a warning (small numeric or no effect here): FP8 weight, Cache FP16 weight for LoRA, Downcast
+  alphas_cumprod, Old prompt editing timelines, Pad conds, Pad conds v0, Noise schedule (animegen follows the
+  model's scheduler config), and every field A1111 1.10 does not write (extensions' fields), as A1111 ignores
+  them. The backward-compatibility switches A1111 derives from an old "Version" (< 1.6: old prompt-editing
+  timelines, DDIM/PLMS pad conds v0; < 1.7.0-225: downcast alphas_cumprod) are warned about the same way, and
+  so is a pre-1.9 infotext whose bare sampler name meant the Uniform schedule then (read as 1.10 reads it).
+Refused, naming the field (`REFUSED`): what would change the image and animegen cannot do (refiner, hires
+  checkpoint, seed resize, tiling, face restoration, inpainting, token merging, custom sigma range / rho / eta /
+  churn / UniPC options, NGMS, skip early CFG, TAESD VAE, the CFG Rescale extension's x0 rescale, Forge's Flux
+  fields), unless its value is the default (e.g. "VAE Decoder: Full").
+
+Written (`Generator._parameters`): Steps, Sampler (canonical name), Schedule type (the label A1111 1.10's
+`get_sigmas` writes: the sampler's effective schedule, "Automatic" where it uses the model's own sigmas), CFG
+scale, Seed, Size, Model hash, Model, VAE, Denoising strength, Clip skip, ENSD, RNG, Variation seed (+
+strength), Emphasis, Rescale CFG, the Hires fields, Lora hashes, Version; each reads back to the same request.
+Unlike A1111 we always write RNG (see `noise_fields`) and write ENSD for Restart and LCM, which draw from the
+ENSD-reseeded generators although A1111 omits it for them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -21,6 +53,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from animegen.core.errors import AnimegenError
 from animegen.core.files import atomic_path
 
 # A1111's own pattern for one `Key: value` pair on the parameters line.
@@ -73,9 +106,10 @@ def parse_infotext(text: str) -> dict[str, Any]:
     negative_lines: list[str] = []
     in_negative = False
     for line in lines:
+        line = line.strip()  # A1111 strips every line
         if line.startswith("Negative prompt:"):
             in_negative = True
-            line = line[len("Negative prompt:"):].lstrip()
+            line = line[len("Negative prompt:"):].strip()
         (negative_lines if in_negative else prompt_lines).append(line)
     result: dict[str, Any] = {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines)}
     for key, value in _PARAM_RE.findall(last):
@@ -113,6 +147,190 @@ def parse_noise_fields(params: dict[str, Any]) -> tuple[str, int]:
         rng = "CPU" if str(params.get("Version", "")).startswith("animegen") else A1111_DEFAULT_SOURCE
     key = "ENSD" if "ENSD" in params else "Eta noise seed delta"
     return rng, ensd_value(params.get(key, 0), f"infotext {key}:")
+
+
+# Fields that change the image in a way animegen cannot reproduce -> what they are, for the refusal.
+REFUSED = {
+    "Hires checkpoint": "a second checkpoint for the hires pass", "Refiner": "the SDXL refiner",
+    "Refiner switch at": "the SDXL refiner", "Seed resize from": "seed resize", "Tiling": "seamless tiling",
+    "Face restoration": "face restoration", "Image CFG scale": "instruct-pix2pix image guidance",
+    "Conditional mask weight": "inpainting conditioning", "Mask blur": "inpainting", "Mask mode": "inpainting",
+    "Masked content": "inpainting", "Inpaint area": "inpainting", "Masked area padding": "inpainting",
+    "Token merging ratio": "token merging", "Token merging ratio hr": "token merging",
+    "SGM noise multiplier": "the SGM noise multiplier", "Noise multiplier": "img2img's noise multiplier",
+    "Extra noise": "hires extra noise", "Schedule max sigma": "a custom sigma range",
+    "Schedule min sigma": "a custom sigma range", "Schedule rho": "a custom schedule rho", "Eta": "a custom eta",
+    "Eta DDIM": "a custom DDIM eta", "Sigma churn": "sampler churn", "Sigma tmin": "sampler churn",
+    "Sigma tmax": "sampler churn", "Sigma noise": "sampler churn", "Discard penultimate sigma":
+    "the always-discard-penultimate-sigma option", "UniPC variant": "UniPC options", "UniPC skip type":
+    "UniPC options", "UniPC order": "UniPC options", "UniPC lower order final": "UniPC options",
+    "NGMS": "negative guidance minimum sigma", "NGMS all steps": "negative guidance minimum sigma",
+    "Skip Early CFG": "skipping early CFG", "VAE Encoder": "the TAESD VAE approximation",
+    "VAE Decoder": "the TAESD VAE approximation",
+    "CFG Rescale": "the CFG Rescale extension, which rescales the denoised image (animegen's guidance_rescale "
+                   "is Forge's Rescale CFG)",
+    "DDIM Trailing": "the CFG Rescale extension's trailing DDIM", "Distilled CFG Scale": "Forge's Flux guidance",
+    "Hires Distilled CFG Scale": "Forge's Flux guidance", "Module 1": "Forge's extra model modules",
+    "Hires Module 1": "Forge's extra model modules",
+}
+# A refused field holding its default changes nothing.
+_DEFAULTS = {"Hires checkpoint": "Use same checkpoint", "VAE Encoder": "Full", "VAE Decoder": "Full",
+             "Schedule max sigma": "0", "Schedule min sigma": "0", "Schedule rho": "0", "Tiling": "False",
+             "CFG Rescale": "0", "DDIM Trailing": "False", "Extra noise": "0", "Token merging ratio": "0",
+             "Token merging ratio hr": "0", "NGMS": "0", "SGM noise multiplier": "False", "Refiner": "None"}
+WARNED = {
+    "FP8 weight": "fp8 weight storage (small numeric changes)", "Cache FP16 weight for LoRA": "fp8 weight storage",
+    "Downcast alphas_cumprod": "A1111's pre-1.7 float16 alphas_cumprod (small numeric changes)",
+    "Old prompt editing timelines": "A1111's pre-1.6 prompt-editing timing", "Pad conds": "cond padding "
+    "(animegen pads as prompts.encode does)", "Pad conds v0": "A1111's pre-1.6 DDIM/PLMS cond padding",
+    "Noise schedule": "animegen takes zero-terminal SNR from the model's scheduler config",
+}
+INFORMATIONAL = {"Model hash", "Model", "VAE hash", "VAE", "Version", "User", "Lora hashes", "TI hashes", "Hashes",
+                 "Init image hash", "Hypernet hash", "Hypernet strength"}
+_READ = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Clip skip",
+         "Denoising strength", "RNG", "ENSD", "Eta noise seed delta", "Emphasis", "Variation seed",
+         "Variation seed strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
+         "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Hires CFG Scale",
+         "Rescale CFG", "First pass size", "Hypernet"}
+_VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-(\d+))?")
+log = logging.getLogger(__name__)
+
+
+def schedule_type_label(choice) -> str:
+    """The "Schedule type" A1111 1.10 writes for a `samplers.SamplerChoice`: its `get_sigmas` records the
+    effective schedule of a sigma sampler (Automatic resolved to the sampler's default, "Karras" for DPM++ 2M),
+    else the chosen label ("Automatic" where the sampler walks the model's own sigmas)."""
+    if choice.sampler.kind == "timesteps" or choice.schedule.label != "Automatic":
+        return choice.schedule.label
+    return choice.effective_schedule.label if "scheduler" in choice.sampler.options else "Automatic"
+
+
+def _a1111_version(text: Any) -> tuple[int, ...] | None:
+    match = _VERSION_RE.match(str(text or ""))
+    return None if match is None else tuple(int(g or 0) for g in match.groups())
+
+
+def _number(params: dict[str, Any], key: str, kind, default=None):
+    """`params[key]` as int or float, or an error naming the infotext field."""
+    if key not in params:
+        return default
+    try:
+        value = kind(str(params[key]).strip())
+    except ValueError:
+        raise AnimegenError(f"infotext {key}: {params[key]!r} is not a number") from None
+    return value
+
+
+def _sampler(name: str, schedule: str | None, field: str):
+    from animegen.generate.samplers import resolve_sampler
+    from animegen.generate.schedules import find_schedule_type
+
+    if find_schedule_type(schedule) is None:
+        field = "Hires schedule type" if field.startswith("Hires") else "Schedule type"
+    try:
+        return resolve_sampler(name, schedule)
+    except ValueError as exc:
+        raise AnimegenError(f"infotext {field}: {exc}") from None
+
+
+def _emphasis(value: str) -> str:
+    from animegen.prompts.encode import EMPHASIS_MODES
+
+    if value not in EMPHASIS_MODES:
+        raise AnimegenError(f"infotext Emphasis: {value!r} is not an A1111 emphasis mode; animegen has "
+                            f"{', '.join(EMPHASIS_MODES)}")
+    return value
+
+
+def _check_fields(params: dict[str, Any]) -> None:
+    """Refuse what animegen cannot honour; warn about what it ignores (see the module docstring)."""
+    present = {key.rsplit("-", 1)[0] if key.endswith(("-1", "-2")) else key for key in params}
+    for key in sorted(present & set(REFUSED)):
+        value = str(params.get(key, params.get(f"{key}-1", ""))).strip()
+        if value not in (_DEFAULTS.get(key), ""):
+            raise AnimegenError(f"infotext {key}: {value!r} asks for {REFUSED[key]}, which animegen cannot "
+                                f"reproduce; remove the field to generate without it")
+    for key in sorted(present & set(WARNED)):
+        log.warning("infotext %s: %r ignored: %s", key, params[key], WARNED[key])
+    unknown = sorted(present - set(REFUSED) - set(WARNED) - INFORMATIONAL - _READ)
+    if unknown:
+        log.warning("infotext fields ignored (not A1111 1.10's; A1111 ignores them too): %s", ", ".join(unknown))
+    version = _a1111_version(params.get("Version"))
+    if version is None:
+        return
+    if version < (1, 6, 0) and "[" in params.get("Prompt", ""):
+        log.warning("infotext from A1111 %s: its prompt editing used pre-1.6 timelines; read with 1.10's",
+                    params["Version"])
+    if version < (1, 7, 0, 225):
+        log.warning("infotext from A1111 %s: A1111 1.10 would downcast alphas_cumprod for it (small numeric "
+                    "changes); animegen does not", params["Version"])
+    choice = _sampler(params["Sampler"], params.get("Schedule type"), "Sampler")
+    legacy = "scheduler" in choice.sampler.options and choice.sampler.name != "Restart"
+    if version < (1, 9, 0) and "Schedule type" not in params and legacy and choice.name == choice.sampler.name:
+        log.warning("infotext from A1111 %s: before 1.9 a bare %r meant the Uniform schedule; read as A1111 1.10 "
+                    "reads it (%s); add 'Schedule type: Uniform' for the old meaning", params["Version"],
+                    params["Sampler"], schedule_type_label(choice))
+
+
+def _restore_old_hires_fix(params: dict[str, Any]) -> None:
+    """A1111's `restore_old_hires_fix_params`: a pre-1.0 "First pass size" becomes Size + Hires resize."""
+    if "First pass size-1" not in params:
+        return
+    first_w, first_h = int(params["First pass size-1"]), int(params["First pass size-2"])
+    width, height = int(params.get("Size-1", 512)), int(params.get("Size-2", 512))
+    if first_w == 0 or first_h == 0:  # A1111's old_hires_fix_first_pass_dimensions
+        scale = (512 * 512 / (width * height)) ** 0.5
+        first_w, first_h = math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+    params.update({"Size-1": first_w, "Size-2": first_h, "Hires resize-1": width, "Hires resize-2": height})
+
+
+def request_fields(text: str) -> dict[str, Any]:
+    """The `GenerationRequest` fields an infotext (A1111's, Forge's or ours) asks for; see the module docstring."""
+    from animegen.generate.hires import hires_upscaler
+
+    params = parse_infotext(text)
+    missing = [k for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size-1") if k not in params]
+    if missing:
+        raise AnimegenError(f"infotext lacks {', '.join(missing)}; is this an A1111/animegen PNG?")
+    _restore_old_hires_fix(params)
+    _check_fields(params)
+    choice = _sampler(params["Sampler"], params.get("Schedule type"), "Sampler")
+    rng, eta_noise_seed_delta = parse_noise_fields(params)
+    prompt = params["Prompt"]
+    if "Hypernet" in params:  # A1111 turns it back into the tag it came from
+        prompt += f"<hypernet:{params['Hypernet']}:{params.get('Hypernet strength', '1.0')}>"
+    fields: dict[str, Any] = {
+        "prompt": prompt, "negative_prompt": params["Negative prompt"], "sampler": choice.name,
+        "schedule_type": None, "steps": _number(params, "Steps", int), "cfg_scale": _number(params, "CFG scale", float),
+        "seed": _number(params, "Seed", int), "width": int(params["Size-1"]), "height": int(params["Size-2"]),
+        "clip_skip": _number(params, "Clip skip", int, 1), "rng": rng, "eta_noise_seed_delta": eta_noise_seed_delta,
+        "emphasis": _emphasis(params.get("Emphasis", "Original")),
+        "guidance_rescale": _number(params, "Rescale CFG", float, 0.0),
+    }
+    if "Variation seed" in params:
+        fields.update(subseed=_number(params, "Variation seed", int),
+                      subseed_strength=_number(params, "Variation seed strength", float, 0.0))
+    if "Hires upscale" not in params and "Hires resize-1" not in params:
+        if "Denoising strength" in params:  # txt2img writes it only with the hires fix: an img2img infotext
+            fields["strength"] = _number(params, "Denoising strength", float)
+        return fields
+    fields.update(
+        hires=True, hires_scale=_number(params, "Hires upscale", float, 1.0),
+        hires_resize_x=int(params.get("Hires resize-1", 0)), hires_resize_y=int(params.get("Hires resize-2", 0)),
+        hires_steps=_number(params, "Hires steps", int, 0),
+        hires_denoise=_number(params, "Denoising strength", float, 0.75),  # A1111's txt2img default
+        hires_upscaler=hires_upscaler(params.get("Hires upscaler", "Latent"), "infotext Hires upscaler:"),
+        hires_prompt=params.get("Hires prompt", ""), hires_negative_prompt=params.get("Hires negative prompt", ""),
+        hires_cfg_scale=_number(params, "Hires CFG Scale", float),
+    )
+    hr_sampler = params.get("Hires sampler", "Use same sampler")
+    hr_schedule = params.get("Hires schedule type", "Use same scheduler")
+    if hr_sampler != "Use same sampler" or hr_schedule != "Use same scheduler":
+        hires = _sampler(params["Sampler"] if hr_sampler == "Use same sampler" else hr_sampler,
+                         params.get("Schedule type") if hr_schedule == "Use same scheduler" else hr_schedule,
+                         "Hires sampler")
+        fields.update(hires_sampler=hires.sampler.name, hires_schedule_type=hires.schedule.label)
+    return fields
 
 
 def png_with_infotext(image: Image.Image, infotext: str) -> PngImagePlugin.PngInfo:

@@ -18,7 +18,9 @@ instead of with scipy's `quad` (equal to float64 rounding).
 
 from __future__ import annotations
 
+import threading
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -389,28 +391,54 @@ def sample_lcm(model, x, sigmas, *, extra_args=None, callback=None, noise_sample
     return x
 
 
+_TREE_NORMALS = threading.Lock()
+
+
+@contextmanager
+def _tree_normals(source: str | None):
+    """torchsde's tree nodes draw their normals from `rng.randn_local(seed, size, source)` meanwhile, as A1111
+    makes them (it replaces torchsde's `_randn` for good); None leaves torchsde's own generator."""
+    if source is None:
+        yield
+        return
+    from torchsde._brownian import brownian_interval
+
+    from animegen.generate.rng import randn_local
+
+    with _TREE_NORMALS:
+        saved = brownian_interval._randn
+        brownian_interval._randn = lambda size, dtype, device, seed: randn_local(seed, size, source, device).to(dtype)
+        try:
+            yield
+        finally:
+            brownian_interval._randn = saved
+
+
 class BrownianNoise:
     """Unit noise from one seeded Brownian tree per image (k-diffusion's `BrownianTreeNoiseSampler` over
     `torchsde.BrownianTree`, the trees A1111 seeds with each image's seed): the same seed gives the same
-    increments whatever the batch, and the increment over [sigma_next, sigma] is divided by its std."""
+    increments whatever the batch, and the increment over [sigma_next, sigma] is divided by its std.
+    `source` (an `rng` noise source) is where the trees' normals come from, as in A1111."""
 
-    def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int] | None):
+    def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int] | None, source: str | None = None):
         import torchsde
 
         positive = sigmas[sigmas > 0]
         t0, t1 = torch.as_tensor(positive.min()), torch.as_tensor(sigmas.max())
         self.t0, self.t1, self.sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
+        self.source = source
         w0 = torch.zeros_like(x[0])
         if seeds is None:
             seeds = [int(s) for s in torch.randint(0, 2 ** 63 - 1, [x.shape[0]])]
         if len(seeds) != x.shape[0]:
             raise ValueError(f"BrownianNoise: {len(seeds)} seeds for a batch of {x.shape[0]}")
-        self.trees = [torchsde.BrownianTree(self.t0, w0, self.t1, entropy=int(s)) for s in seeds]
+        with _tree_normals(source):
+            self.trees = [torchsde.BrownianTree(self.t0, w0, self.t1, entropy=int(s)) for s in seeds]
 
     def __call__(self, sigma, sigma_next):
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        with warnings.catch_warnings():  # torchsde warns of float32 rounding at the interval's ends
+        with warnings.catch_warnings(), _tree_normals(self.source):  # torchsde warns of float32 end rounding
             warnings.simplefilter("ignore", UserWarning)
             w = torch.stack([tree(lo, hi) for tree in self.trees]) * (self.sign * sign)
         return w / (t1 - t0).abs().sqrt()

@@ -2,14 +2,17 @@
 
 Contract. `KPipeline(pipe, is_sdxl=...)` borrows a diffusers SD1 / SDXL pipeline's UNet and VAE (it
 changes neither: no scheduler is swapped, nothing is moved or cast for good) and runs
-`samplers.sample_txt2img` / `sample_img2img` on latents: the UNet sees the conditioning of
-`prompts.encode.ConditioningPair` (SDXL: pooled embeddings and A1111's size conditioning, original =
+`samplers.sample_txt2img` / `sample_img2img` on latents: the UNet sees the conditioning of a
+`prompts.encode.ConditioningPair`, or per denoiser call that of a `conditioning.PromptConditioning` (A1111's
+prompt editing, alternation and AND; all AND parts and the negative in one UNet batch) (SDXL: pooled embeddings and A1111's size conditioning, original =
 target = the image size, crop 0, for positive and negative alike); the noise schedule is the model's
 scheduler config read by `schedules.DiscreteSchedule`; latents are `scaling_factor * VAE latents` and
 decoded pixels are (x + 1) / 2 clamped to [0, 1], as A1111 and diffusers do. A half-precision VAE whose
 config asks for `force_upcast` runs in float32 for that call only.
 
-Where we differ from A1111: img2img encodes the init image to the VAE posterior's mean, where A1111
+`encode` takes images at their own size (a hires target need not be a multiple of 8: the VAE's strides drop
+the rest, as in A1111) and `img2img(size=...)` is SDXL's size conditioning for the hires pass (A1111 conditions
+it on the upscale target). Where we differ from A1111: img2img encodes the init image to the VAE posterior's mean, where A1111
 draws a posterior sample from the global torch RNG (not reproducible from the seed; the difference is
 the VAE's tiny posterior std).
 """
@@ -21,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from animegen.generate.conditioning import PromptConditioning, schedule_steps
 from animegen.generate.denoiser import CFGDenoiser
 from animegen.generate.rng import ImageRNG
 from animegen.generate.samplers import SamplerChoice, sample_img2img, sample_txt2img
@@ -41,16 +45,34 @@ class KPipeline:
         return self.pipe.unet.device
 
     # ---- the network ---------------------------------------------------------------------------------------
-    def _conditions(self, conditioning, width: int, height: int) -> tuple[dict, dict]:
-        cond = {"encoder_hidden_states": conditioning.prompt_embeds}
-        uncond = {"encoder_hidden_states": conditioning.negative_prompt_embeds}
+    def _cond(self, embeds: torch.Tensor, pooled: torch.Tensor | None, width: int, height: int) -> dict:
+        """The UNet's conditioning for a batch of embeddings (SDXL: pooled and A1111's size conditioning)."""
+        cond = {"encoder_hidden_states": embeds}
         if self.is_sdxl:
-            n = conditioning.prompt_embeds.shape[0]
-            time_ids = torch.tensor([[height, width, 0, 0, height, width]] * n, dtype=torch.float32)
-            cond.update(text_embeds=conditioning.pooled_prompt_embeds, time_ids=time_ids)
-            uncond.update(text_embeds=conditioning.negative_pooled_prompt_embeds, time_ids=time_ids)
-        device = self.device
-        return ({k: v.to(device) for k, v in cond.items()}, {k: v.to(device) for k, v in uncond.items()})
+            time_ids = torch.tensor([[height, width, 0, 0, height, width]] * embeds.shape[0], dtype=torch.float32)
+            cond.update(text_embeds=pooled, time_ids=time_ids)
+        return {k: v.to(self.device) for k, v in cond.items()}
+
+    def _conditions(self, conditioning, width: int, height: int, steps: int, choice: SamplerChoice):
+        """(cond, uncond) for the denoiser: fixed dicts for a `ConditioningPair`, per-call functions for a
+        `conditioning.PromptConditioning` (prompt editing, alternation, AND; see that module)."""
+        if not isinstance(conditioning, PromptConditioning):
+            return (self._cond(conditioning.prompt_embeds, conditioning.pooled_prompt_embeds, width, height),
+                    self._cond(conditioning.negative_prompt_embeds, conditioning.negative_pooled_prompt_embeds,
+                               width, height))
+        plan = conditioning.for_pass(schedule_steps(choice, steps))
+
+        def batch(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.expand(plan.batch, *t.shape[1:])
+
+        rows = {r: self._cond(batch(plan.embeds[r:r + 1]), batch(None if plan.pooled is None else
+                                                                   plan.pooled[r:r + 1]), width, height)
+                for r in plan.rows()}
+
+        def parts(step: int) -> list[tuple[dict, float]]:
+            return [(rows[r], w) for r, w in plan.at(step)[0]]
+
+        return parts, lambda step: rows[plan.at(step)[1]]
 
     def _unet_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         unet = self.pipe.unet
@@ -64,8 +86,9 @@ class KPipeline:
                         return_dict=False, **extra)[0]
 
     def denoiser(self, choice: SamplerChoice, conditioning, cfg_scale: float, width: int, height: int,
-                 guidance_rescale: float = 0.0) -> CFGDenoiser:
-        cond, uncond = self._conditions(conditioning, width, height)
+                 guidance_rescale: float = 0.0, steps: int = 1) -> CFGDenoiser:
+        """The pass's denoiser; `steps` (the requested steps of the pass) spans a `PromptConditioning`'s schedules."""
+        cond, uncond = self._conditions(conditioning, width, height, steps, choice)
         return CFGDenoiser(self._unet_fn, self.schedule, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
                            prediction_type=self.prediction_type, guidance_rescale=guidance_rescale,
                            lcm=choice.sampler.kind == "lcm")
@@ -85,8 +108,10 @@ class KPipeline:
                 vae.to(dtype)
 
     def encode(self, images: list) -> torch.Tensor:
-        """Init images (PIL, already at the target size) to scaled latents (posterior mean)."""
-        pixels = self.pipe.image_processor.preprocess(images).to(self.device)
+        """RGB images (PIL, one size) to scaled latents (posterior mean), at their own size: no resize, so a hires
+        target that is not a multiple of 8 is encoded as A1111 encodes it (the VAE's strides drop the rest)."""
+        array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
+        pixels = (torch.from_numpy(array).permute(0, 3, 1, 2) * 2.0 - 1.0).to(self.device)
 
         def run(vae, dtype):
             z = vae.encode(pixels.to(dtype)).latent_dist.mean.to(torch.float32)
@@ -110,16 +135,18 @@ class KPipeline:
         """Final latents of a txt2img pass (one image per seed; `noise` defaults to CPU generators)."""
         shape = (len(seeds), self.pipe.unet.config.in_channels, height // 8, width // 8)
         noise = noise or ImageRNG(seeds, source="CPU", device=self.device)
-        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale)
+        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale, steps)
         return sample_txt2img(choice, den, noise, shape, steps, callback=callback)
 
     def img2img(self, choice: SamplerChoice, conditioning, seeds: list[int], init: torch.Tensor, *,
                 steps: int, strength: float, cfg_scale: float, fixed_steps: bool = False,
-                guidance_rescale: float = 0.0, callback=None, noise: ImageRNG | None = None) -> torch.Tensor:
-        """Final latents of an img2img pass from scaled init latents `init` (a fresh ImageRNG per pass)."""
-        height, width = init.shape[-2] * 8, init.shape[-1] * 8
+                guidance_rescale: float = 0.0, callback=None, noise: ImageRNG | None = None,
+                size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Final latents of an img2img pass from scaled init latents `init` (a fresh ImageRNG per pass); `size`
+        (width, height) is SDXL's size conditioning, default the latents' (A1111's hires pass: its target)."""
+        width, height = size or (init.shape[-1] * 8, init.shape[-2] * 8)
         noise = noise or ImageRNG(seeds, source="CPU", device=self.device)
-        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale)
+        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale, steps)
         return sample_img2img(choice, den, noise, init.to(self.device), steps, strength, fixed_steps=fixed_steps,
                               callback=callback)
 

@@ -16,7 +16,8 @@ from typing import Any
 from PIL import Image
 
 from animegen.core.errors import AnimegenError
-from animegen.generate.infotext import parse_infotext, parse_noise_fields
+from animegen.generate.hires import DEFAULT_HIRES_UPSCALER
+from animegen.generate.infotext import request_fields
 
 DEFAULT_SAMPLER = "Euler a"
 DEFAULT_STEPS = 28
@@ -47,15 +48,31 @@ class GenerationRequest:
     batch_size: int = 1
     init_image: Image.Image | None = None
     strength: float = 0.75
+    # the hires fix (A1111's enable_hr): on when `hires`, hires_scale > 1 or a hires resize is set
+    hires: bool = False
     hires_scale: float = 1.0
     hires_steps: int = 0
     hires_denoise: float = 0.5
+    hires_upscaler: str = DEFAULT_HIRES_UPSCALER  # generate/hires.py: Latent variants, Lanczos, Nearest, None
+    hires_resize_x: int = 0  # A1111's hr_resize_x/y ("Hires resize: WxH"): resize to, instead of hires_scale
+    hires_resize_y: int = 0
+    hires_sampler: str | None = None  # None: the first pass's sampler (A1111's "Use same sampler")
+    hires_schedule_type: str | None = None  # None: the first pass's schedule type
+    hires_prompt: str = ""  # "": the prompt (A1111's hr_prompt)
+    hires_negative_prompt: str = ""
+    hires_cfg_scale: float | None = None  # None: cfg_scale (Forge's "Hires CFG Scale")
     rng: str = DEFAULT_RNG  # noise source, A1111's "RNG": GPU, CPU or NV (generate/rng.py)
     eta_noise_seed_delta: int = 0  # A1111's ENSD: re-seeds ancestral noise with seed + this
+    subseed: int = -1  # A1111's variation seed (-1 picks one); image k uses subseed + k
+    subseed_strength: float = 0.0  # 0 = no variation seed
+    guidance_rescale: float = 0.0  # CFG rescale phi (Lin et al. 2023), Forge's "Rescale CFG"; 0 = off
+    emphasis: str = "Original"  # A1111's emphasis mode: Original, No norm, Ignore, None
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and a value that would work."""
+        from animegen.generate.hires import hires_upscaler
         from animegen.generate.rng import ensd_value, rng_source
+        from animegen.prompts.encode import EMPHASIS_MODES
 
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -73,12 +90,25 @@ class GenerationRequest:
             (self.hires_scale >= 1, f"hires_scale must be ≥ 1 (1 = no hires fix), got {self.hires_scale}"),
             (self.hires_steps >= 0, f"hires_steps must be ≥ 0 (0 = same as steps), got {self.hires_steps}"),
             (0 < self.hires_denoise <= 1, f"hires_denoise must be in (0, 1], got {self.hires_denoise}"),
+            (self.hires_resize_x == 0 or self.hires_resize_x >= 64,
+             f"hires_resize_x must be 0 (unset) or at least 64, got {self.hires_resize_x}"),
+            (self.hires_resize_y == 0 or self.hires_resize_y >= 64,
+             f"hires_resize_y must be 0 (unset) or at least 64, got {self.hires_resize_y}"),
+            (self.hires_cfg_scale is None or self.hires_cfg_scale >= 0,
+             f"hires_cfg_scale must be ≥ 0 (unset = cfg_scale), got {self.hires_cfg_scale}"),
+            (-1 <= self.subseed <= MAX_SEED, f"subseed must be -1 (random) or 0..{MAX_SEED}, got {self.subseed}"),
+            (0 <= self.subseed_strength <= 1, f"subseed_strength must be in [0, 1], got {self.subseed_strength}"),
+            (0 <= self.guidance_rescale <= 1, f"guidance_rescale must be in [0, 1] (0 = off), got {self.guidance_rescale}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         rng_source(self.rng, "rng")
         ensd_value(self.eta_noise_seed_delta, "eta_noise_seed_delta")
+        hires_upscaler(self.hires_upscaler, "hires_upscaler")
+        if self.emphasis not in EMPHASIS_MODES:
+            raise ValueError(f"emphasis {self.emphasis!r} is not an A1111 emphasis mode; use one of: "
+                             f"{', '.join(EMPHASIS_MODES)}")
         for name, weight in self.loras:
             lora_multiplier(name, weight)
 
@@ -142,15 +172,29 @@ class ResolvedRequest:
     batch_size: int
     init_image: Image.Image | None
     strength: float
+    hires: bool  # the hires pass runs
     hires_scale: float
     hires_steps: int
     hires_denoise: float
+    hires_upscaler: str  # canonical name
+    hires_resize_x: int
+    hires_resize_y: int
+    hires_sampler: str | None
+    hires_schedule_type: str | None
+    hires_prompt: str  # "" = the prompt
+    hires_negative_prompt: str  # "" = the negative prompt
+    hires_cfg_scale: float
     rng: str  # canonical: GPU, CPU or NV
     eta_noise_seed_delta: int
+    subseeds: tuple[int, ...]  # one per image, like seeds
+    subseed_strength: float
+    guidance_rescale: float
+    emphasis: str
 
 
 def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> ResolvedRequest:
     """Fill a request's gaps from its preset and the model family's default size."""
+    from animegen.generate.hires import hires_upscaler
     from animegen.generate.rng import ensd_value, rng_source
     from animegen.prompts.presets import build_prompt, get_preset
 
@@ -159,6 +203,9 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
     prompt = build_prompt(preset, request.prompt) if preset is not None else request.prompt
     negative = request.negative_prompt or (preset.negative if preset is not None else "")
     base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED - request.n)
+    base_subseed = request.subseed  # A1111 picks one for -1; it only matters when it has a strength
+    if base_subseed < 0:
+        base_subseed = secrets.randbelow(MAX_SEED - request.n) if request.subseed_strength > 0 else base_seed
 
     def setting(name: str, default):
         """The request's value, else the preset's recommendation, else the default."""
@@ -167,13 +214,14 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
                 return value
         return default
 
+    cfg_scale = setting("cfg_scale", DEFAULT_CFG)
     return ResolvedRequest(
         prompt=prompt,
         negative_prompt=negative,
         sampler=setting("sampler", DEFAULT_SAMPLER),
         schedule_type=request.schedule_type,
         steps=setting("steps", DEFAULT_STEPS),
-        cfg_scale=setting("cfg_scale", DEFAULT_CFG),
+        cfg_scale=cfg_scale,
         seeds=tuple(range(base_seed, base_seed + request.n)),
         width=setting("width", default_size),
         height=setting("height", default_size),
@@ -182,41 +230,31 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
         batch_size=request.batch_size,
         init_image=request.init_image,
         strength=request.strength,
+        hires=request.hires or request.hires_scale > 1 or bool(request.hires_resize_x or request.hires_resize_y),
         hires_scale=request.hires_scale,
         hires_steps=request.hires_steps,
         hires_denoise=request.hires_denoise,
+        hires_upscaler=hires_upscaler(request.hires_upscaler),
+        hires_resize_x=request.hires_resize_x,
+        hires_resize_y=request.hires_resize_y,
+        hires_sampler=request.hires_sampler or None,
+        hires_schedule_type=request.hires_schedule_type or None,
+        hires_prompt=request.hires_prompt,
+        hires_negative_prompt=request.hires_negative_prompt,
+        hires_cfg_scale=cfg_scale if request.hires_cfg_scale is None else request.hires_cfg_scale,
         rng=rng_source(request.rng),
         eta_noise_seed_delta=ensd_value(request.eta_noise_seed_delta),
+        subseeds=tuple(range(base_subseed, base_subseed + request.n)),
+        subseed_strength=request.subseed_strength,
+        guidance_rescale=request.guidance_rescale,
+        emphasis=request.emphasis,
     )
 
 
 def request_from_infotext(text: str, **overrides: Any) -> GenerationRequest:
-    """Rebuild the request that produced an image from its infotext (A1111's or ours).
+    """Rebuild the request that produced an image from its infotext (A1111's or ours), then apply `overrides`.
 
-    The recorded prompt already has the preset applied, so the preset is `none`. LoRAs travel
-    as `<lora:name:weight>` tags inside the prompt, as in A1111.
+    What each field means, and which are refused or ignored, is `infotext.request_fields`'s contract. The
+    recorded prompt already has the preset applied, so the preset is `none`; LoRAs travel as `<lora:...>` tags.
     """
-    params = parse_infotext(text)
-    missing = [k for k in ("Steps", "Sampler", "CFG scale", "Seed", "Size-1") if k not in params]
-    if missing:
-        raise ValueError(f"infotext lacks {', '.join(missing)}; is this an A1111/animegen PNG?")
-    rng, eta_noise_seed_delta = parse_noise_fields(params)
-    request = GenerationRequest(
-        prompt=params["Prompt"],
-        negative_prompt=params["Negative prompt"],
-        preset="none",
-        sampler=params["Sampler"],
-        schedule_type=params.get("Schedule type"),
-        steps=int(params["Steps"]),
-        cfg_scale=float(params["CFG scale"]),
-        seed=int(params["Seed"]),
-        width=int(params["Size-1"]),
-        height=int(params["Size-2"]),
-        clip_skip=int(params.get("Clip skip", 1)),
-        hires_scale=float(params.get("Hires upscale", 1.0)),
-        hires_steps=int(params.get("Hires steps", 0)),
-        hires_denoise=float(params["Denoising strength"]) if "Hires upscale" in params else 0.5,
-        rng=rng,
-        eta_noise_seed_delta=eta_noise_seed_delta,
-    )
-    return replace(request, **overrides)
+    return replace(GenerationRequest(preset="none", **request_fields(text)), **overrides)

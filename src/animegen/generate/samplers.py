@@ -11,7 +11,8 @@ Exponential"), as A1111's `get_sampler_and_scheduler` does; "Automatic" means th
 sigmas from `sampler_sigmas` (the +1 step and dropped penultimate sigma for DPM2 / DPM2 a / 3M SDE),
 `x = noise * sigmas[0]`, img2img's `setup_img2img_steps` truncation. `noise` is an `rng.ImageRNG` (one
 generator per image seed): the starting noise is its `first_noise(shape)`, ancestral noise its
-`next_noise()`, SDE noise a Brownian tree per image seeded with the image's seed (`noise.seeds`). The
+`next_noise()`, SDE noise a Brownian tree per image seeded with the image's seed (`noise.seeds`), whose nodes draw from the
+noise's source (`noise.source`), as A1111 hands torchsde its `randn_local`. The
 samplers themselves are `k_samplers` (sigma space) and `timestep_samplers` (DDIM, PLMS, UniPC). Why our own samplers and not diffusers' schedulers: see `schedules`.
 
 Not offered (A1111 has them): DPM fast and DPM adaptive (their own step control, rarely used),
@@ -156,7 +157,7 @@ def _run(choice: SamplerChoice, denoiser, x: torch.Tensor, sigmas: torch.Tensor,
     options = choice.sampler.options
     kwargs: dict[str, Any] = {"callback": callback}
     if options.get("brownian_noise"):
-        kwargs["noise_sampler"] = k.BrownianNoise(x, full_sigmas.to(x.device), noise.seeds)
+        kwargs["noise_sampler"] = k.BrownianNoise(x, full_sigmas.to(x.device), noise.seeds, noise.source)
     else:
         kwargs["noise_sampler"] = lambda sigma, sigma_next: noise.next_noise().to(x)
     if options.get("solver_type"):

@@ -15,6 +15,15 @@ Pipeline of one prompt:
 4. Hidden states are multiplied by the token weights and (emphasis "Original") rescaled so the chunk's
    mean is unchanged; chunks are concatenated along the sequence axis (77 per chunk).
 
+Textual-inversion embeddings (`prompts.embeddings`, A1111's `sd_hijack_clip` + `EmbeddingsWithFixes`): a
+fragment's tokens that spell an embedding's name (longest name first) become its N vectors, each with
+the fragment's weight. They are never split: when N no longer fits the chunk, the chunk closes and the
+vectors open the next one. The vectors replace the token embeddings of their positions before the
+position embeddings are added; each SDXL encoder takes its own (`clip_l`, `clip_g`).
+Deliberately unlike A1111: when comma back-tracking moves the words after the last comma to the next
+chunk, an embedding among them moves with its vectors; A1111 moves only its placeholder tokens, so the
+next chunk gets `!` tokens in its place and the vectors overwrite the old chunk's padding.
+
 Clip skip uses A1111's numbering (1 = no skip): SD1 takes `hidden_states[-clip_skip]` then the final
 layer norm. SDXL always takes the penultimate hidden state of both encoders, without the layer norm, whatever
 the clip skip: that is what it was trained on and what A1111 1.10 does (its "Clip skip" does not reach SDXL
@@ -32,12 +41,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cache
 
 import torch
 
 from animegen.models.family import SD1, SDXL, family_of, get_family
+from animegen.prompts.embeddings import EmbeddingError, EmbeddingLibrary, encoder_slots
 from animegen.prompts.parser import BREAK_MARKER, parse_prompt_attention
 
 log = logging.getLogger(__name__)
@@ -48,12 +59,20 @@ EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 """Original: weights + mean restore; No norm: weights only; Ignore: parse but weight 1; None: no parsing."""
 
 
+EMBEDDING_PLACEHOLDER = 0
+"""The token id standing for an embedding's vectors in `PromptChunk.tokens` (A1111's, any id but EOS works)."""
+
+
 @dataclass
 class PromptChunk:
-    """Up to 75 content token ids of one prompt (no BOS/EOS) and their emphasis weights."""
+    """Up to 75 content token ids of one prompt (no BOS/EOS) and their emphasis weights.
+
+    `fixes`: (offset in `tokens`, Embedding) for each embedding whose vectors take the placeholder tokens there.
+    """
 
     tokens: list[int]
     weights: list[float]
+    fixes: list = field(default_factory=list)
 
 
 @dataclass
@@ -106,30 +125,35 @@ def parse_for_emphasis(text: str, emphasis: str = "Original") -> list[tuple[str,
     return parsed
 
 
-def tokenize_prompt(tokenizer, text: str, emphasis: str = "Original",
-                    comma_backtrack: int = COMMA_BACKTRACK) -> list[PromptChunk]:
-    """Split a prompt into 75-token chunks with A1111's comma back-tracking and `BREAK` handling."""
+def tokenize_prompt(tokenizer, text: str, emphasis: str = "Original", comma_backtrack: int = COMMA_BACKTRACK,
+                    *, embeddings: EmbeddingLibrary | None = None) -> list[PromptChunk]:
+    """Split a prompt into 75-token chunks with A1111's comma back-tracking and `BREAK` handling; names of
+    `embeddings` become their vectors' placeholders (`PromptChunk.fixes`), never split across chunks."""
     parsed = parse_for_emphasis(text, emphasis)
     # verbose=False: the "longer than 77 tokens" warning does not apply, chunking handles any length
     ids_per_fragment = tokenizer([t for t, _ in parsed], add_special_tokens=False, truncation=False,
                                  verbose=False)["input_ids"]
     comma = tokenizer.get_vocab().get(",</w>")
+    match = embeddings.matcher(tokenizer) if embeddings is not None else None
 
     chunks: list[PromptChunk] = []
     tokens: list[int] = []
     weights: list[float] = []
+    fixes: list = []
     last_comma = -1
 
     def close_chunk() -> None:
-        nonlocal tokens, weights, last_comma
-        chunks.append(PromptChunk(tokens, weights))
-        tokens, weights, last_comma = [], [], -1
+        nonlocal tokens, weights, fixes, last_comma
+        chunks.append(PromptChunk(tokens, weights, fixes))
+        tokens, weights, fixes, last_comma = [], [], [], -1
 
     for (fragment, weight), ids in zip(parsed, ids_per_fragment):
         if (fragment, weight) == BREAK_MARKER:
             close_chunk()
             continue
-        for token in ids:
+        position = 0
+        while position < len(ids):
+            token = ids[position]
             if token == comma:
                 last_comma = len(tokens)
             elif (comma_backtrack > 0 and len(tokens) == CHUNK_LENGTH and last_comma != -1
@@ -137,21 +161,37 @@ def tokenize_prompt(tokenizer, text: str, emphasis: str = "Original",
                 # The chunk is full mid-phrase: move the words after the last comma to the next chunk.
                 cut = last_comma + 1
                 moved_tokens, moved_weights = tokens[cut:], weights[cut:]
-                tokens, weights = tokens[:cut], weights[:cut]
+                moved_fixes = [(offset - cut, e) for offset, e in fixes if offset >= cut]  # A1111 leaves these
+                tokens, weights, fixes = tokens[:cut], weights[:cut], [f for f in fixes if f[0] < cut]
                 close_chunk()
-                tokens, weights = moved_tokens, moved_weights
+                tokens, weights, fixes = moved_tokens, moved_weights, moved_fixes
             if len(tokens) == CHUNK_LENGTH:
                 close_chunk()
-            tokens.append(token)
-            weights.append(weight)
+            found = match(ids, position) if match is not None else None
+            if found is None:
+                tokens.append(token)
+                weights.append(weight)
+                position += 1
+                continue
+            embedding, name_length = found
+            if embedding.count > CHUNK_LENGTH:
+                raise EmbeddingError(f"embedding {embedding.name!r} ({embedding.path}) has {embedding.count} "
+                                     f"vectors; a prompt chunk holds {CHUNK_LENGTH}")
+            if len(tokens) + embedding.count > CHUNK_LENGTH:
+                close_chunk()  # an embedding is never split across chunks
+            fixes.append((len(tokens), embedding))
+            tokens += [EMBEDDING_PLACEHOLDER] * embedding.count
+            weights += [weight] * embedding.count
+            position += name_length
     if tokens or not chunks:
         close_chunk()
     return chunks
 
 
-def count_tokens(tokenizer, text: str, emphasis: str = "Original") -> tuple[int, int]:
-    """(tokens used, token capacity of the chunks) like A1111's `30/75` counter."""
-    chunks = tokenize_prompt(tokenizer, text, emphasis)
+def count_tokens(tokenizer, text: str, emphasis: str = "Original", *,
+                 embeddings: EmbeddingLibrary | None = None) -> tuple[int, int]:
+    """(tokens used, token capacity of the chunks) like A1111's `30/75` counter (an embedding counts its vectors)."""
+    chunks = tokenize_prompt(tokenizer, text, emphasis, embeddings=embeddings)
     used = sum(len(c.tokens) for c in chunks[:-1]) + len(chunks[-1].tokens)
     return used, CHUNK_LENGTH * len(chunks)
 
@@ -234,16 +274,39 @@ def _hidden_states(text_encoder, ids: torch.Tensor, clip_skip: int, sdxl: bool):
     return z, pooled
 
 
+@contextmanager
+def _embedding_vectors(text_encoder, fixes: list[tuple[int, int, torch.Tensor]]):
+    """While active, the encoder's token embeddings of chunk `row`, positions `start`.. are the given vectors
+    (A1111's `EmbeddingsWithFixes`: before the position embeddings are added)."""
+    if not fixes:
+        yield
+        return
+    from animegen.models.ldm_names import clip_text_model
+
+    def insert(module, args, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        for row, start, vectors in fixes:
+            out[row, start:start + vectors.shape[0]] = vectors.to(out)
+        return out
+
+    handle = clip_text_model(text_encoder).embeddings.token_embedding.register_forward_hook(insert)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def encode_text(tokenizers, text_encoders, prompts: str | Sequence[str], clip_skip: int = 1,
                 emphasis: str = "Original", *, arch: str | None = None, min_chunks: int = 1,
-                max_chunks: int | None = None, comma_backtrack: int = COMMA_BACKTRACK) -> TextConditioning:
+                max_chunks: int | None = None, comma_backtrack: int = COMMA_BACKTRACK,
+                embeddings: EmbeddingLibrary | None = None) -> TextConditioning:
     """Encode prompts with bare tokenizer(s) and text encoder(s); no pipeline needed (used by training).
 
     `tokenizers` / `text_encoders`: one of each (SD1) or two (SDXL: CLIP-L then OpenCLIP-bigG with
     projection). `arch` ("sd1" or "sdxl") defaults to "sdxl" when two encoders are given. All prompts are
     padded with empty chunks to the longest one (at least `min_chunks`); `max_chunks` truncates longer
     prompts (kohya's max_token_length = 75 * max_chunks). Gradients flow: wrap in `torch.no_grad()`
-    yourself when not training the text encoder.
+    yourself when not training the text encoder. `embeddings`: textual inversions usable by name.
     """
     if not isinstance(tokenizers, (list, tuple)):
         tokenizers = [tokenizers]
@@ -272,7 +335,8 @@ def encode_text(tokenizers, text_encoders, prompts: str | Sequence[str], clip_sk
         batch = []
         for text in prompts:
             if text not in cache:
-                cache[text] = tokenize_prompt(tokenizer, text, emphasis, comma_backtrack)[:max_chunks]
+                cache[text] = tokenize_prompt(tokenizer, text, emphasis, comma_backtrack,
+                                              embeddings=embeddings)[:max_chunks]
             batch.append(cache[text])
         per_encoder_chunks.append(batch)
     n_chunks = max(min_chunks, *(len(c) for batch in per_encoder_chunks for c in batch))
@@ -280,17 +344,21 @@ def encode_text(tokenizers, text_encoders, prompts: str | Sequence[str], clip_sk
         n_chunks = min(n_chunks, max_chunks)
 
     hidden, pooled = [], None
-    for tokenizer, encoder, batch in zip(tokenizers, text_encoders, per_encoder_chunks):
-        ids, weights = [], []
+    slots = encoder_slots(arch, text_encoders) if embeddings is not None else [None] * len(text_encoders)
+    for tokenizer, encoder, batch, slot in zip(tokenizers, text_encoders, per_encoder_chunks, slots):
+        ids, weights, fixes = [], [], []
         for chunks in batch:
             padded = chunks + [PromptChunk([], [])] * (n_chunks - len(chunks))
             for chunk in padded:
                 chunk_ids, chunk_weights = _chunk_ids(tokenizer, chunk)
+                fixes += [(len(ids), 1 + offset, e.vectors_for(slot, slots, get_family(arch).display_name))
+                          for offset, e in chunk.fixes]  # 1 +: after BOS
                 ids.append(chunk_ids)
                 weights.append(chunk_weights)
         device = execution_device(encoder)
-        z, chunk_pooled = _hidden_states(encoder, torch.tensor(ids, device=device), clip_skip,
-                                         sdxl=arch == "sdxl")
+        with _embedding_vectors(encoder, fixes):
+            z, chunk_pooled = _hidden_states(encoder, torch.tensor(ids, device=device), clip_skip,
+                                             sdxl=arch == "sdxl")
         z = apply_emphasis(z, torch.tensor(weights, device=device), emphasis)
         hidden.append(z.reshape(len(prompts), n_chunks * z.shape[1], z.shape[2]))
         if chunk_pooled is not None:
@@ -322,33 +390,65 @@ def pipeline_text_modules(pipe) -> tuple[list, list, str]:
 
 
 def encode_prompts(pipe, prompt: str | list[str], negative: str | list[str], clip_skip: int = 1,
-                   emphasis: str = "Original", *, zero_empty_negative: bool | None = None) -> ConditioningPair:
+                   emphasis: str = "Original", *, zero_empty_negative: bool | None = None,
+                   embeddings: EmbeddingLibrary | None = None) -> ConditioningPair:
     """A1111-style conditioning for a diffusers SD1 / SDXL pipeline; pass `.as_pipeline_kwargs()` to it.
 
     Positive and negative prompts are padded to the same number of 77-token chunks with empty chunks
     (the encoding of "", as A1111's "pad prompt/negative prompt" option does). On SDXL an empty negative
     prompt gives zeros instead of the encoding of "" (A1111's behaviour and diffusers'
     `force_zeros_for_empty_prompt`); `zero_empty_negative` overrides that (default: the pipeline's
-    `force_zeros_for_empty_prompt`, true for SDXL base models; never for SD1).
+    `force_zeros_for_empty_prompt`, true for SDXL base models; never for SD1). `embeddings`: textual
+    inversions usable by name in both prompts.
     """
     prompts, negatives = _as_batch(prompt, negative)
     tokenizers, encoders, arch = pipeline_text_modules(pipe)
     with torch.no_grad():
-        both = encode_text(tokenizers, encoders, prompts + negatives, clip_skip, emphasis, arch=arch)
+        both = encode_text(tokenizers, encoders, prompts + negatives, clip_skip, emphasis, arch=arch,
+                           embeddings=embeddings)
     n = len(prompts)
-    embeds, pooled = both.embeds, both.pooled
-    if zero_empty_negative is None:
-        config = getattr(pipe, "config", {})
-        zero_empty_negative = arch == "sdxl" and bool(config.get("force_zeros_for_empty_prompt", True))
     empty = [n + i for i, text in enumerate(negatives) if text == ""]
-    if zero_empty_negative and empty:
-        embeds, pooled = embeds.clone(), None if pooled is None else pooled.clone()
-        embeds[empty, : CHUNK_LENGTH + 2] = 0  # "" is one chunk; padding chunks stay the encoded ""
-        if pooled is not None:
-            pooled[empty] = 0
+    zero = empty if _zeroes_empty(pipe, arch, zero_empty_negative) else []
+    embeds, pooled = _zero_rows(both.embeds, both.pooled, zero)
     return ConditioningPair(
         prompt_embeds=embeds[:n],
         negative_prompt_embeds=embeds[n:],
         pooled_prompt_embeds=None if pooled is None else pooled[:n],
         negative_pooled_prompt_embeds=None if pooled is None else pooled[n:],
     )
+
+
+def _zeroes_empty(pipe, arch: str, zero_empty_negative: bool | None) -> bool:
+    """Whether an empty negative prompt is zeros: the caller's choice, else the pipeline's (SDXL base models)."""
+    if zero_empty_negative is not None:
+        return zero_empty_negative
+    return arch == "sdxl" and bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", True))
+
+
+def _zero_rows(embeds: torch.Tensor, pooled: torch.Tensor | None, rows: list[int]):
+    """Zero the first chunk (an empty prompt's only one) and the pooled vector of `rows`; padding chunks stay
+    the encoded "" as A1111 pads them."""
+    if not rows:
+        return embeds, pooled
+    embeds, pooled = embeds.clone(), None if pooled is None else pooled.clone()
+    embeds[rows, : CHUNK_LENGTH + 2] = 0
+    if pooled is not None:
+        pooled[rows] = 0
+    return embeds, pooled
+
+
+def encode_pass_texts(pipe, positive: Sequence[str], negative: Sequence[str], clip_skip: int = 1,
+                      emphasis: str = "Original", *, zero_empty_negative: bool | None = None,
+                      embeddings: EmbeddingLibrary | None = None) -> TextConditioning:
+    """Every distinct text of one sampling pass (`schedule.PassSchedules`), positive texts then negative texts, in
+    one encoder batch padded to the longest with empty chunks; row i is text i. For one prompt and one negative
+    this is exactly `encode_prompts`. The negative rows are zeros (SDXL policy as in `encode_prompts`) only when
+    every negative text is empty, as A1111 zeroes a negative prompt whose schedule is all "".
+    """
+    tokenizers, encoders, arch = pipeline_text_modules(pipe)
+    with torch.no_grad():
+        out = encode_text(tokenizers, encoders, [*positive, *negative], clip_skip, emphasis, arch=arch,
+                          embeddings=embeddings)
+    zero = negative and all(text == "" for text in negative) and _zeroes_empty(pipe, arch, zero_empty_negative)
+    rows = list(range(len(positive), len(positive) + len(negative))) if zero else []
+    return TextConditioning(*_zero_rows(out.embeds, out.pooled, rows))

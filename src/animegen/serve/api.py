@@ -104,11 +104,17 @@ def build_router(service: ServeService) -> APIRouter:
             cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height, clip_skip=clip_skip,
             n_iter=req.n_iter, batch_size=req.batch_size, init_image=init_image,
             strength=req.denoising_strength if is_img2img else 0.75,
-            hires_scale=req.hr_scale if hires else 1.0, hires_steps=req.hr_second_pass_steps if hires else 0,
-            hires_denoise=(req.denoising_strength or 0.7) if hires else 0.5,
+            hires=hires, hires_scale=req.hr_scale if hires else 1.0,
+            hires_steps=req.hr_second_pass_steps if hires else 0,
+            hires_denoise=(req.denoising_strength or 0.7) if hires else 0.5, hires_upscaler=req.hr_upscaler,
+            hires_resize_x=req.hr_resize_x if hires else 0, hires_resize_y=req.hr_resize_y if hires else 0,
+            hires_sampler=req.hr_sampler_name, hires_schedule_type=req.hr_scheduler, hires_prompt=req.hr_prompt,
+            hires_negative_prompt=req.hr_negative_prompt, hires_cfg_scale=req.hr_cfg,
             rng=req.rng if req.rng is not None else override.get("randn_source"),
             eta_noise_seed_delta=req.eta_noise_seed_delta if req.eta_noise_seed_delta is not None
             else override.get("eta_noise_seed_delta"),
+            subseed=req.subseed, subseed_strength=req.subseed_strength, guidance_rescale=req.guidance_rescale,
+            emphasis=req.emphasis if req.emphasis is not None else override.get("emphasis"),
         )
         future = service.submit(request, model=model, keep_model=not req.override_settings_restore_afterwards,
                                 label=label)
@@ -162,6 +168,11 @@ def build_router(service: ServeService) -> APIRouter:
             rel = entry.path.relative_to(root.resolve()).as_posix() if root else entry.path.name
             items.append({"name": entry.name, "alias": entry.name, "path": rel, "metadata": {}})
         return items
+
+    @router.get("/embeddings")
+    def embeddings() -> dict[str, Any]:
+        """Textual-inversion embeddings in --embeddings-dir: "loaded" fit the model, "skipped" do not (A1111's shape)."""
+        return service.embeddings()
 
     @router.get("/options")
     def get_options() -> dict[str, Any]:

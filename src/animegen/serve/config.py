@@ -35,6 +35,8 @@ class ServeConfig(BaseModel):
     model: str = Field(..., description="checkpoint loaded at start: a diffusers folder or .safetensors file")
     model_dir: Path | None = Field(None, description="folder whose checkpoints the API may switch to")
     lora_dir: Path | None = Field(None, description="folder whose LoRAs prompts may use (<lora:name:w>)")
+    embeddings_dir: Path | None = Field(None, description="folder of textual-inversion embeddings prompts may "
+                                        "use by name (.safetensors; pickles are never read)")
     vae: str | None = None
     device: str | None = None
     dtype: str | None = None

@@ -48,6 +48,16 @@ class Txt2ImgRequest(_A1111Body):
     enable_hr: bool = False
     hr_scale: float = Field(2.0, ge=1.0, le=4.0)
     hr_second_pass_steps: int = Field(0, ge=0)
+    hr_upscaler: str | None = Field(None, description="Latent (default), Latent (antialiased), Latent (bicubic), "
+                                    "Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact), "
+                                    "Lanczos, Nearest or None")
+    hr_resize_x: int = Field(0, ge=0, description="hires fix: resize to this width instead of hr_scale")
+    hr_resize_y: int = Field(0, ge=0, description="hires fix: resize to this height instead of hr_scale")
+    hr_sampler_name: str | None = Field(None, description="hires pass sampler; unset: sampler_name")
+    hr_scheduler: str | None = Field(None, description="hires pass schedule type; unset: scheduler")
+    hr_prompt: str = Field("", description="hires pass prompt; empty: prompt")
+    hr_negative_prompt: str = Field("", description="hires pass negative prompt; empty: negative_prompt")
+    hr_cfg: float | None = Field(None, ge=0.0, description="Forge's hires CFG scale; unset: cfg_scale")
     override_settings: dict[str, Any] = Field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
@@ -58,6 +68,10 @@ class Txt2ImgRequest(_A1111Body):
                             "override_settings.randn_source, else the server's randn_source option (GPU)")
     eta_noise_seed_delta: int | None = Field(None, description="A1111's ENSD; unset: override_settings."
                                              "eta_noise_seed_delta, else the server's option (0)")
+    guidance_rescale: float = Field(0.0, ge=0.0, le=1.0, description="CFG rescale phi (infotext 'Rescale CFG', as "
+                                    "Forge); 0 = off")
+    emphasis: str | None = Field(None, description="A1111 emphasis mode (Original, No norm, Ignore, None); unset: "
+                                 "override_settings.emphasis, else Original")
 
 
 class Img2ImgRequest(Txt2ImgRequest):

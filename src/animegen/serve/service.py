@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from animegen.core.errors import AnimegenError
+from animegen.generate.hires import hires_target
 from animegen.generate.request import GenerationRequest, resolve
 from animegen.generate.samplers import resolve_sampler
 from animegen.serve.catalog import Catalog, CheckpointEntry, NotFoundError, UnsafeNameError
@@ -83,6 +84,14 @@ class GeneratorBackend:
             raise
         self.loaded = entry
         self.catalog.remember_hash(entry.path, self.generator.model_hash)
+        from animegen.prompts.embeddings import EmbeddingLibrary  # inside the folder only, never pickles
+
+        self.generator.embeddings = EmbeddingLibrary(self.config.embeddings_dir, inside_only=True)
+
+    def embeddings(self) -> dict:
+        """A1111's `/sdapi/v1/embeddings` for the loaded model (empty while a model is being switched)."""
+        generator = self.generator
+        return generator.embeddings.listing(generator.pipe) if generator else {"loaded": {}, "skipped": {}}
 
     @property
     def default_size(self) -> int:
@@ -156,6 +165,11 @@ class ServeService:
                     self._options[key] = values[key]
         return future
 
+    def embeddings(self) -> dict:
+        """A1111's `GET /sdapi/v1/embeddings`: --embeddings-dir files that fit the loaded model ("loaded") or not."""
+        listing = getattr(self.backend, "embeddings", None)  # stand-in backends have none
+        return listing() if listing is not None else {"loaded": {}, "skipped": {}}
+
     def find_checkpoint(self, name: Any, field: str) -> CheckpointEntry:
         if not isinstance(name, str):
             raise RequestError(field, f"{field} must be a string model title")
@@ -222,7 +236,12 @@ class ServeService:
                       height: int | None = None, clip_skip: int | None = None, n_iter: int = 1,
                       batch_size: int = 1, init_image=None, strength: float = 0.75, hires_scale: float = 1.0,
                       hires_steps: int = 0, hires_denoise: float = 0.5, rng: str | None = None,
-                      eta_noise_seed_delta: int | None = None) -> GenerationRequest:
+                      eta_noise_seed_delta: int | None = None, hires: bool = False, hires_upscaler: str | None = None,
+                      hires_resize_x: int = 0, hires_resize_y: int = 0, hires_sampler: str | None = None,
+                      hires_schedule_type: str | None = None, hires_prompt: str = "",
+                      hires_negative_prompt: str = "", hires_cfg_scale: float | None = None, subseed: int = -1,
+                      subseed_strength: float = 0.0, guidance_rescale: float = 0.0,
+                      emphasis: str | None = None) -> GenerationRequest:
         """Validate everything and build the generator's request (LoRAs resolved to safe paths).
 
         None (sampler, steps, cfg_scale, width, height, preset) means "not sent": resolved later by the
@@ -234,6 +253,11 @@ class ServeService:
                 schedule_type = None
             except ValueError as exc:
                 raise RequestError("sampler_name", str(exc)) from None
+        if hires_sampler or hires_schedule_type:
+            try:
+                resolve_sampler(hires_sampler or sampler or "Euler a", hires_schedule_type)
+            except ValueError as exc:
+                raise RequestError("hr_sampler_name" if hires_sampler else "hr_scheduler", str(exc)) from None
         with self._options_lock:
             clip_skip = self._options["CLIP_stop_at_last_layers"] if clip_skip is None else clip_skip
             rng = self._options["randn_source"] if rng is None else rng
@@ -247,14 +271,21 @@ class ServeService:
             schedule_type=schedule_type, steps=steps, cfg_scale=cfg_scale, seed=seed, width=width,
             height=height, clip_skip=clip_skip, loras=loras, n=n_iter * batch_size, batch_size=batch_size,
             init_image=init_image, strength=strength, hires_scale=hires_scale, hires_steps=hires_steps,
-            hires_denoise=hires_denoise, rng=rng, eta_noise_seed_delta=ensd,
+            hires_denoise=hires_denoise, rng=rng, eta_noise_seed_delta=ensd, hires=hires,
+            hires_upscaler=hires_upscaler or GenerationRequest.hires_upscaler, hires_resize_x=hires_resize_x,
+            hires_resize_y=hires_resize_y, hires_sampler=hires_sampler, hires_schedule_type=hires_schedule_type,
+            hires_prompt=hires_prompt, hires_negative_prompt=hires_negative_prompt, hires_cfg_scale=hires_cfg_scale,
+            subseed=subseed, subseed_strength=subseed_strength, guidance_rescale=guidance_rescale,
+            emphasis=emphasis or GenerationRequest.emphasis,
         )
         try:
             settings = resolve(request, self.backend.default_size)
         except ValueError as exc:
             raise RequestError(_field_of(str(exc)), str(exc)) from None
+        target = hires_target(settings.width, settings.height, hires_scale, hires_resize_x, hires_resize_y)
+        final = max(target.width / settings.width, target.height / settings.height) if settings.hires else 1.0
         self.check_size(width=settings.width, height=settings.height, steps=settings.steps,
-                        images=n_iter * batch_size, hires_scale=hires_scale, hires_steps=hires_steps)
+                        images=n_iter * batch_size, hires_scale=final, hires_steps=hires_steps)
         return request
 
     @staticmethod
@@ -290,7 +321,8 @@ class ServeService:
 # GenerationRequest field → the A1111 request field a client actually sent.
 _A1111_FIELD = {"strength": "denoising_strength", "n": "n_iter", "hires_scale": "hr_scale",
                 "hires_steps": "hr_second_pass_steps", "hires_denoise": "denoising_strength",
-                "sampler": "sampler_name", "clip_skip": "CLIP_stop_at_last_layers"}
+                "sampler": "sampler_name", "clip_skip": "CLIP_stop_at_last_layers", "hires_upscaler": "hr_upscaler",
+                "hires_resize_x": "hr_resize_x", "hires_resize_y": "hr_resize_y", "hires_cfg_scale": "hr_cfg"}
 
 
 def _field_of(message: str) -> str:

@@ -19,13 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from animegen.core.errors import AnimegenError
+from animegen.data.sidecar import CAPTION_EXTENSIONS
 
 AdapterKind = Literal["lora", "locon", "loha", "lokr", "ia3", "dora", "full"]
 TargetPreset = Literal["cross_attention", "attention", "attention_ff", "attention_ff_conv"]
-
-
-CAPTION_EXTENSIONS = (".txt", ".caption")
-"""Caption files looked for next to an image in a kohya folder, in this order (`caption_extension`)."""
 
 
 class ConfigError(AnimegenError):

@@ -10,8 +10,8 @@ Captions and repeats follow kohya sd-scripts' DreamBooth folders: `N_name/` repe
 image's caption is the first `img<caption_extension>` found (`.txt`, then `.caption`, by default), and an image
 without one trains with the class token `name`. Unlike kohya, an empty caption file also takes the class token
 (kohya stops with an assertion). An item's `repeats` is its expected showings per epoch: the folder's N, or a
-manifest row's exposure (`animegen.data.balance.exposure`: weight once, 0 = never), times the dataset's own
-`repeats * weight`. `TrainData.summary()` is what the trainer prints before step 1.
+manifest row's exposure (`animegen.data.balance.exposure`: source repeats x weight, applied once; 0 = never),
+times the dataset's own `repeats * weight`. `TrainData.summary()` is what the trainer prints before step 1.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from PIL import Image
 from animegen.core.errors import AnimegenError
 from animegen.core.files import IMAGE_EXTENSIONS, is_image_file
 from animegen.core.seeds import derive_rng, derive_unit
+from animegen.data.sidecar import kohya_folder
 from animegen.train.config import DataSection, DatasetEntry
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,8 @@ def _read_kohya(root: Path, entry: DatasetEntry, index: int) -> list[Item]:
     folders: list[tuple[Path, int, str]] = []
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     for sub in subdirs:
-        head, _, name = sub.name.partition("_")
-        if head.isdigit():
-            folders.append((sub, int(head), name))
+        if (repeat := kohya_folder(sub.name)) is not None:
+            folders.append((sub, *repeat))
     if any(is_image_file(p) for p in root.iterdir()):
         folders.append((root, 1, ""))
     if not folders:
@@ -129,10 +129,12 @@ def _read_kohya(root: Path, entry: DatasetEntry, index: int) -> list[Item]:
 
 def _read_manifest(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
     """An `animegen data` manifest (`manifest.jsonl`, see `animegen.data.manifest`): rows with status "ok"
-    train; the row's exposure (`animegen.data.balance.exposure`: its `repeats`, else its `weight`; 0 = never)
+    train; the row's exposure (`animegen.data.balance.exposure`: its `repeats`, else `source_repeats * weight`;
+    0 = never)
     multiplies the dataset's `repeats * weight`.
     A list column (e.g. `tags`) joins to a comma-separated caption. A row with none of the configured
-    columns gets the caption `animegen data export` would write for it (caption, else tags, else sidecar)."""
+    columns gets the caption `animegen data export` would write for it (caption, else tags, else sidecar),
+    else, as in kohya, the class token of the `N_name` folder it was ingested from."""
     from animegen.data.balance import exposure
     from animegen.data.export import row_caption
     from animegen.data.manifest import MANIFEST_NAME, read_rows
@@ -153,8 +155,10 @@ def _read_manifest(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
             if value:
                 captions.append(str(value).strip())
         fallback = "" if captions else row_caption(row)
-        items.append(Item(str(img_path), captions or [fallback], entry.repeats * entry.weight * exposure(row),
-                          dataset=index, caption_found="ok" if captions or fallback else "missing"))
+        token = not captions and not fallback and bool(row.class_token)
+        items.append(Item(str(img_path), captions or [fallback or (row.class_token if token else "")],
+                          entry.repeats * entry.weight * exposure(row), dataset=index,
+                          caption_found="ok" if captions or fallback else "missing", class_token=token))
     return items
 
 

@@ -5,6 +5,10 @@ safeguard warm-up on, Prodigy's step-size estimate d grows only as fast as the (
 lets it, and on short adapter runs it can sit near d0 = 1e-6 for most of the run so nothing is learned;
 bias correction keeps the first steps' Adam moments from inflating the update instead. Prodigy expects
 `optimizer.lr = 1.0` (it is a multiplier on the estimated step size).
+
+AdamW runs torch's fused kernel wherever torch has one for the parameters' device (CPU and CUDA among
+them): the same update, computed in one kernel instead of a Python loop over every adapter tensor,
+which on CPU defaults to the per-tensor loop and cost ~10% of a small model's step.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from animegen.train.config import OptimizerSection
 def make_optimizer(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Optimizer:
     """`groups`: torch param groups, each with its own "lr"."""
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 fused=_fused_kernel_exists(groups) or None)
     if cfg.name == "adamw8bit":
         import bitsandbytes as bnb
 
@@ -35,6 +40,17 @@ def make_optimizer(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Opt
         return Adafactor(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
     raise ValueError(f"optimizer.name {cfg.name!r}: choose adamw, adamw8bit, prodigy or adafactor")
+
+
+def _fused_kernel_exists(groups: list[dict]) -> bool:
+    """Whether torch's fused AdamW takes every parameter (floating point, on a device it has a kernel for)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a private torch helper; without it, the per-tensor loop
+        return False
+    devices = _get_fused_kernels_supported_devices()
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in devices for p in params)
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerSection, max_steps: int):

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from animegen.core.files import WeightsFileError, atomic_path, read_weights
+from animegen.core.files import WeightsFileError, atomic_path, read_weights, sha256_file
 from animegen.core.tensors import non_finite
 from animegen.models.family import SD1, SDXL, ModelFamily, family_of
 from animegen.models.ldm_names import clip_class_has_text_model_level, text_path_for
@@ -311,16 +311,9 @@ def write_lora(lf: LoraFile, path: str | Path, format: Format = "kohya", metadat
 def lora_hash(path: str | Path) -> str:
     """A1111's short LoRA hash for infotext ``Lora hashes``: the first 12 hex digits of
     sha256 over the tensor payload after the safetensors header (`addnet_hash_safetensors`),
-    or over the whole file for other formats."""
+    or over the whole file for other formats; cached as every file hash (`core.files.sha256_file`)."""
     path = Path(path)
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        if path.suffix == ".safetensors":
-            header_len = int.from_bytes(f.read(8), "little")
-            f.seek(8 + header_len)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()[:12]
+    return sha256_file(path, safetensors_payload=path.suffix == ".safetensors")[:12]
 
 
 __all__ = ["lora_from_state_dict", "lora_hash", "lora_to_state_dict", "read_lora", "write_lora"]
