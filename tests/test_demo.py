@@ -152,7 +152,7 @@ def test_the_verdict_states_the_images_red_on_white_scores(demo):
         records = json.loads((out / run / "metrics.json").read_text())["images"]
         for i, prompt in enumerate(PROMPTS):
             files = [out / run / rec["file"] for rec in records if rec["prompt_index"] == i]
-            assert len(files) == 8 and all(prompt == parse_infotext(read_png_infotext(f))["prompt"] for f in files)
+            assert len(files) == 8 and all(prompt == parse_infotext(read_png_infotext(f))["Prompt"] for f in files)
             expected.append(float(np.mean([_score(f) for f in files])))
     concept, base_t, base_o, lora_t, lora_o = expected
     assert printed == pytest.approx([base_t, lora_t, concept, base_o, lora_o], abs=0.006)
