@@ -106,6 +106,23 @@ def instrument(gen) -> Timers:
     return timers
 
 
+def reference_512(pipe, steps: int = 28) -> dict:
+    """CPU seconds of one SD1.5 512² image, 28 steps, extrapolated from one timed CFG UNet call (batch 2)
+    and one VAE decode at 512²: what the per-request costs are a share of in real use."""
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 64, 64, generator=g)
+    text = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        t0 = time.process_time()
+        pipe.unet(latents, torch.tensor([500, 500]), text)
+        unet_s = time.process_time() - t0
+        t0 = time.process_time()
+        pipe.vae.decode(latents[:1] / pipe.vae.config.scaling_factor)
+        vae_s = time.process_time() - t0
+    return {"unet_cfg_step_s": round(unet_s, 2), "vae_decode_s": round(vae_s, 2),
+            "image_s": round(steps * unet_s + vae_s, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the tiny model (a dry run of the script)")
@@ -114,6 +131,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2, help="images per request (one at a time)")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-reference", action="store_true",
+                    help="skip timing one 512² UNet step and decode (~1 min on one core; off with --tiny)")
     args = ap.parse_args()
     from animegen.generate import GenerationRequest
     from animegen.models.lora import write_lora
@@ -143,6 +162,7 @@ def main() -> None:
                 rows[label].append(got)
         for label in rows:
             rows[label] = rows[label][1:]
+        ref = None if args.tiny or args.no_reference else reference_512(gen.pipe)
     table = {}
     for label, runs in rows.items():
         med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in ("request", "pipeline", *COSTS)}
@@ -153,11 +173,15 @@ def main() -> None:
             **{f"{k} %": round(100 * med[k] / pipe_s, 2) for k in COSTS},
             "all beyond the pipeline %": round(100 * (med["request"] - pipe_s) / pipe_s, 2),
         }
+        if ref is not None:  # the same costs against the request's images at 512², 28 steps
+            table[label]["all beyond the pipeline, % of 512² 28 steps"] = round(
+                100 * (med["request"] - pipe_s) / (args.images * ref["image_s"]), 3)
     print(json.dumps({"model": "tiny-sd15" if args.tiny else "real-size SD1.5, random weights",
                       "device": "cpu", "threads": torch.get_num_threads(), "size": args.size, "steps": args.steps,
                       "images_per_request": args.images, "lora_rank": args.rank,
                       "lora_file_mb": {k: round(v / 2**20, 1) for k, v in sizes.items()},
-                      "build_s": round(built_s, 1), "repeats": args.repeats, "scenarios": table}, indent=2))
+                      "build_s": round(built_s, 1), "repeats": args.repeats,
+                      "reference_512_28_steps": ref, "scenarios": table}, indent=2))
 
 
 if __name__ == "__main__":

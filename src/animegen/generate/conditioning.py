@@ -41,6 +41,7 @@ class PassConditioning:
     pooled: torch.Tensor | None  # (texts, P) on SDXL
     positive: tuple[tuple[tuple[int, ...], tuple[int, ...], float], ...]  # per AND part: (ends, rows, weight)
     negative: tuple[tuple[int, ...], tuple[int, ...]]  # (ends, rows)
+    texts: tuple[str, ...] = ()  # the text of each row
     batch: int = 1  # images per prompt
 
     def at(self, step: int) -> tuple[list[tuple[int, float]], int]:
@@ -97,4 +98,4 @@ class PromptConditioning:
 
         return PassConditioning(encoded.embeds, encoded.pooled,
                                 tuple((*indexed(s, pos_row), w) for s, w in plan.positive),
-                                indexed(plan.negative, neg_row), self.batch)
+                                indexed(plan.negative, neg_row), (*positive, *negative), self.batch)

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from PIL import Image
 from animegen import __version__
 from animegen.core.errors import AnimegenError
 from animegen.generate import hires as hr
+from animegen.generate.conditioning import PromptConditioning
 from animegen.generate.infotext import format_infotext, noise_fields, schedule_type_label
 from animegen.generate.kpipeline import KPipeline
 from animegen.generate.nan_check import check_output
@@ -187,15 +188,14 @@ class Generator:
 
     def _generate(self, request: GenerationRequest, progress: Progress | None,
                   interrupt: threading.Event | None) -> list[GeneratedImage]:
-        from animegen.prompts.encode import encode_prompts
-
         resolved = resolve(request, self.default_size, self.preset_file)
         choices = self._choices(resolved)  # fail before any work
         text_prompt, recorded_prompt, loras = self._prepare_loras(resolved)
         self._apply_loras(loras)
-        conditioning = encode_prompts(self.pipe, text_prompt, resolved.negative_prompt, clip_skip=resolved.clip_skip,
-                                      emphasis=resolved.emphasis, embeddings=self.embeddings)
-        hires_conditioning = self._hires_conditioning(resolved, conditioning)
+        # prompt editing, alternation and AND: planned and encoded per pass (generate/conditioning.py)
+        conditioning = PromptConditioning(self.pipe, text_prompt, resolved.negative_prompt, resolved.clip_skip,
+                                          resolved.emphasis, self.embeddings)
+        hires_conditioning = self._hires_conditioning(resolved, conditioning, choices[0])
         ti_hashes = self.embeddings.infotext_hashes(self.pipe, [text_prompt, resolved.negative_prompt],
                                                     emphasis=resolved.emphasis)
 
@@ -241,23 +241,25 @@ class Generator:
         hires = resolve_sampler(r.hires_sampler or choice.sampler.name, r.hires_schedule_type or choice.schedule.label)
         return choice, hires
 
-    def _hires_conditioning(self, r: ResolvedRequest, conditioning):
-        """The hires pass's prompts (A1111's hr_prompt / hr_negative_prompt, "" = the first pass's); None = the same.
+    def _hires_conditioning(self, r: ResolvedRequest, conditioning, first_choice):
+        """The hires pass's prompts (A1111's hr_prompt / hr_negative_prompt, "" = the first pass's), scheduled after
+        the first pass as A1111 schedules them; None without a hires pass.
 
         A1111 activates the hires prompt's own extra networks for the second pass; animegen merges one LoRA set per
         request, so a hires prompt whose LoRA tags differ from the prompt's is refused.
         """
-        from animegen.prompts.encode import encode_prompts
         from animegen.prompts.parser import parse_extra_networks
 
-        if not r.hires or not (r.hires_prompt or r.hires_negative_prompt):
+        if not r.hires:
             return None
+        if not (r.hires_prompt or r.hires_negative_prompt):
+            return conditioning.hires_pass(first_choice, r.steps)
         main, hires = parse_extra_networks(r.prompt), parse_extra_networks(r.hires_prompt or r.prompt)
         if [(t.name, t.multiplier) for t in main.loras] != [(t.name, t.multiplier) for t in hires.loras]:
             raise AnimegenError("hires_prompt's <lora:...> tags differ from the prompt's; animegen applies one LoRA "
                                 "set to both passes: give the hires prompt the same tags")
-        return encode_prompts(self.pipe, hires.text, r.hires_negative_prompt or r.negative_prompt,
-                              clip_skip=r.clip_skip, emphasis=r.emphasis, embeddings=self.embeddings)
+        return replace(conditioning, prompt=hires.text,
+                       negative=r.hires_negative_prompt or r.negative_prompt).hires_pass(first_choice, r.steps)
 
     def _run_batch(self, r: ResolvedRequest, choices, seeds: list[int], subseeds: list[int], conds,
                    tracker: _StepTracker) -> np.ndarray:

@@ -4,8 +4,9 @@ Contract. `KPipeline(pipe, is_sdxl=...)` borrows a diffusers SD1 / SDXL pipeline
 changes neither: no scheduler is swapped, nothing is moved or cast for good) and runs
 `samplers.sample_txt2img` / `sample_img2img` on latents: the UNet sees the conditioning of a
 `prompts.encode.ConditioningPair`, or per denoiser call that of a `conditioning.PromptConditioning` (A1111's
-prompt editing, alternation and AND; all AND parts and the negative in one UNet batch) (SDXL: pooled embeddings and A1111's size conditioning, original =
-target = the image size, crop 0, for positive and negative alike); the noise schedule is the model's
+prompt editing, alternation and AND; all AND parts and the negative in one UNet batch); SDXL adds pooled
+embeddings and A1111's size conditioning (original = target = the image size, crop 0, for positive and
+negative alike); the noise schedule is the model's
 scheduler config read by `schedules.DiscreteSchedule`; latents are `scaling_factor * VAE latents` and
 decoded pixels are (x + 1) / 2 clamped to [0, 1], as A1111 and diffusers do. A half-precision VAE whose
 config asks for `force_upcast` runs in float32 for that call only.

@@ -1,7 +1,9 @@
 """Prompt syntax shared by generation and training: A1111 emphasis and `<name:...>` extra-network tags.
 
 Both follow AUTOMATIC1111 1.10's own code (not diffusers) so that prompts copied from A1111 / Civitai
-infotexts produce the same per-token weights and the same text here.
+infotexts produce the same per-token weights and the same text here. Prompt editing `[a:b:N]`, alternation
+`[a|b]` and composable `AND` are `prompts.schedule`: as in A1111 they are resolved first (extra-network tags
+removed, AND split, each part scheduled per step) and each resulting text is then parsed for emphasis here.
 
 Emphasis (`modules/prompt_parser.py`, `parse_prompt_attention`):
 
@@ -20,15 +22,20 @@ Extra networks (`modules/extra_networks.py`, `extensions-builtin/Lora/extra_netw
   `te=` / `unet=` / `dyn=` named arguments override; te defaults to 1, unet to te.
 * Any other network (`hypernet`, unknown names) is returned as unsupported so callers can warn.
 
-Where we deliberately differ from A1111, each where A1111 produces garbage or fails quietly:
+Where we deliberately differ from A1111, each where A1111 produces garbage or fails quietly (the test that
+pins it, in tests/prompts/test_prompt_parser.py, in brackets):
 
-* a malformed weight such as `(x:1.2.3)` is kept as literal text instead of raising;
+* a malformed weight such as `(x:1.2.3)` is kept as literal text where A1111 raises on `float("1.2.3")`
+  (`test_empty_prompt_and_malformed_weight`, `test_malformed_weight_with_spaces_is_still_kept_as_text`);
 * `BREAK` inside brackets still breaks (A1111 multiplies the marker's -1 and then encodes the word
-  "BREAK" with a negative weight);
+  "BREAK" with a negative weight) (`test_break_marker_and_merging`);
 * a LoRA tag A1111 cannot read (no name, a multiplier that is not a number) raises naming the tag, where
-  A1111 logs the error and generates without any LoRA;
+  A1111 logs the error and generates without any LoRA (`test_unreadable_lora_tag_raises_naming_it`);
 * white space around a LoRA name or argument key is ignored (A1111 looks up `" x "` / `"te "` verbatim and
-  finds nothing).
+  finds nothing) (`test_names_and_keys_are_stripped`).
+
+The schedule grammar's own differences (an ambiguous parse A1111 resolves by Python's hash seed; `1e400`) are in
+`prompts.schedule`'s docstring, pinned in tests/prompts/test_prompt_schedule.py.
 """
 
 from __future__ import annotations
