@@ -89,7 +89,6 @@ class Generator:
         self.preset_file = preset_file
         self.nan_check = nan_check
         self.family = family_of(self.pipe)  # default size, and what infotext / UIs show
-        self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self._known_loras: dict[str, Path] = {}
         self._lora_cache: dict[tuple[str, int], Any] = {}
         self._kpipe: KPipeline | None = None

@@ -18,7 +18,7 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
-from animegen.prompts.tags import RATING_TAGS, escape_tag, is_count_tag, normalize_tag, split_tags
+from animegen.prompts.tags import RATING_TAGS, escape_tag, is_count_tag, normalize_tag, split_tags, tag_key
 
 PLACEHOLDERS = ("prompt", "quality", "aesthetic", "rating")
 TAG_CATEGORIES = ("count", "character", "series", "artist", "general", "meta")
@@ -174,13 +174,8 @@ def get_preset(name: str, user_file: str | Path | None = None) -> Preset:
 
 
 # ---- building prompts -------------------------------------------------------------------------------
-def _key(tag: str) -> str:
-    """Comparison key: `Long_Hair` and `long hair` are the same tag."""
-    return normalize_tag(tag).lower()
-
-
 def _free_text_slot(tag: str) -> str:
-    key = _key(tag)
+    key = tag_key(tag)
     if is_count_tag(key):
         return "count"
     if key in QUALITY_TAGS:
@@ -197,15 +192,15 @@ def _order_tags(preset: Preset, text: str, tags: Mapping[str, Sequence[str]], ra
     text_tags = split_tags(text)
     for tag in text_tags:
         slots[_free_text_slot(tag)].append(tag)
-    if not any(_key(t) in RATING_TAGS for t in text_tags):  # a rating typed by the user stays where it is
+    if not any(tag_key(t) in RATING_TAGS for t in text_tags):  # a rating typed by the user stays where it is
         slots["rating"].extend(split_tags(rating))
     order = list(preset.tag_order) + [s for s in ORDER_SLOTS if s not in preset.tag_order]
     seen = set(tail_keys)
     ordered: list[str] = []
     for slot in order:
         for tag in slots[slot]:
-            if _key(tag) not in seen:
-                seen.add(_key(tag))
+            if tag_key(tag) not in seen:
+                seen.add(tag_key(tag))
                 ordered.append(tag)
     return ", ".join(ordered)
 
@@ -283,7 +278,7 @@ def build_prompt(preset: Preset | str, text: str = "", *, tags: Mapping[str, Seq
     template_values = {k: ("" if k in consumed else v) for k, v in values.items()}
     if preset.tag_order:
         tail = render_template(preset.template, {**template_values, "prompt": ""})
-        tail_keys = {_key(t) for t in split_tags(tail)}  # quality tags the template appends anyway
+        tail_keys = {tag_key(t) for t in split_tags(tail)}  # quality tags the template appends anyway
         body = _order_tags(preset, text, tags, values["rating"] if consumed else "", tail_keys)
     else:
         if not tags and preset.template == "{prompt}" and not any(given.values()):
