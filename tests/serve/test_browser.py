@@ -78,6 +78,7 @@ def test_generate_in_the_browser_and_read_png_info(serve_dirs, server_runner, tm
             page.locator("#pnginfo_rerun").click()  # same parameters, generated again
             expect(page.locator("#txt2img_infotext textarea")).to_have_value(re.compile(re.escape("Seed: 42")))
             rerun = page.locator("#txt2img_infotext textarea").input_value()
-            assert rerun.startswith("a cat from a png\nNegative prompt: dog\nSteps: 3, Sampler: Euler, CFG scale: 6")
+            assert rerun.startswith("a cat from a png\nNegative prompt: dog\nSteps: 3, Sampler: Euler, "
+                                    "Schedule type: Automatic, CFG scale: 6")  # A1111 1.10 writes the schedule
         finally:
             browser.close()
