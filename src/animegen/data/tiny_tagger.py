@@ -3,6 +3,9 @@
 Real WD14 taggers are 300 MB downloads; tests and `animegen demo` need the same file layout and
 input/output contract (NHWC float 0-255 BGR in, per-tag sigmoid out) without network. The graph is
 flatten → linear → sigmoid, so its output is easy to check by hand.
+
+Its tags are noise, so anything measured with it must say so (as random FID weights do): the ONNX file
+carries the metadata mark `TOY_MARK`, and `is_toy_tagger` finds it on a loaded tagger.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from animegen.core.files import atomic_write
+
+TOY_MARK = "animegen.toy_tagger"
 
 # (name, category): 9 = rating, 0 = general, 4 = character — the categories of selected_tags.csv.
 DEMO_TAGS: list[tuple[str, int]] = [
@@ -52,8 +57,19 @@ def write_tiny_tagger(folder: str | Path, tags: Sequence[tuple[str, int]] = DEMO
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    helper.set_model_props(model, {TOY_MARK: "random weights: its tags are noise (tests and `animegen demo`)"})
     onnx.checker.check_model(model)
     atomic_write(folder / "model.onnx", model.SerializeToString())
     lines = ["tag_id,name,category,count"] + [f"{i},{n},{c},{1000 - i}" for i, (n, c) in enumerate(tags)]
     atomic_write(folder / "selected_tags.csv", "\n".join(lines) + "\n")
     return w, b
+
+
+def is_toy_tagger(tagger) -> bool:
+    """True for a tagger whose ONNX model carries `TOY_MARK` (one written by `write_tiny_tagger`)."""
+    session = getattr(tagger, "session", None)
+    try:
+        props = session.get_modelmeta().custom_metadata_map
+    except AttributeError:  # not an onnxruntime session: a stand-in with its own .tag()
+        return False
+    return TOY_MARK in props

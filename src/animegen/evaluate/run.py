@@ -263,6 +263,10 @@ def run_eval(model, prompts_file: str | Path | Sequence[str], out_dir: str | Pat
         except MetricError as err:
             skipped["tag_adherence"] = str(err)
         else:
+            if metrics["tag_adherence"]["toy_tagger"]:
+                notes.append("tag adherence computed with a TOY tagger (random weights, from tests or `animegen "
+                             "demo`): its tags are noise, so recall and precision mean nothing; pass a real WD14 "
+                             "tagger with --tagger.")
             for entry in per_prompt:
                 pp = metrics["tag_adherence"]["per_prompt"].get(entry["prompt"])
                 if pp:
@@ -275,13 +279,15 @@ def run_eval(model, prompts_file: str | Path | Sequence[str], out_dir: str | Pat
 
 
 def _tag_block(images, prompts, tagger, progress: bool) -> dict:
+    """The tag adherence block, marked `toy_tagger` when the tagger is the tiny random one."""
+    from animegen.data.tiny_tagger import is_toy_tagger
     from animegen.evaluate.tag_adherence import tag_adherence
 
     if isinstance(tagger, (str, Path)):
         from animegen.data.tagger import WD14Tagger
 
         tagger = WD14Tagger.from_pretrained(tagger)
-    return tag_adherence(images, prompts, tagger, progress=progress)
+    return {**tag_adherence(images, prompts, tagger, progress=progress), "toy_tagger": is_toy_tagger(tagger)}
 
 
 def _write_json(path: Path, data: dict) -> None:
