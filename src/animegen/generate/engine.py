@@ -5,7 +5,9 @@ as A1111 1.10 does (`kpipeline`: A1111's samplers, schedule types and noise over
 A1111-weighted prompt embeddings (`animegen.prompts.encode`). Every pass (txt2img, img2img, the hires pass) draws
 its starting, ancestral and SDE noise from a fresh `rng.ImageRNG` of the request's source ("RNG": GPU, CPU, NV)
 and ENSD, one generator per image as A1111, so image k of a batch equals image k generated alone with seed+k
-and the infotext records the source. NaN/inf in a pass's final latents or
+and the infotext records the source. `skip` (A1111's /skip) ends the current batch's sampling early, decoding
+its last denoised prediction (a skipped first pass goes through the hires upscale unsampled, as A1111), and the
+next batch runs; `interrupt` ends the whole request. NaN/inf in a pass's final latents or
 decoded pixels is an error naming the stage (`generate.nan_check`, A1111's NansException), unless
 `nan_check=False`.
 """
@@ -26,9 +28,10 @@ from PIL import Image
 
 from animegen import __version__
 from animegen.core.errors import AnimegenError
+from animegen.core.keywords import checked_keywords
 from animegen.generate import hires as hr
 from animegen.generate.conditioning import PromptConditioning
-from animegen.generate.infotext import format_infotext, noise_fields, schedule_type_label
+from animegen.generate.infotext import format_infotext, noise_fields, save_png, schedule_type_label
 from animegen.generate.kpipeline import KPipeline
 from animegen.generate.nan_check import check_output
 from animegen.generate.request import GenerationRequest, ResolvedRequest, lora_tag_text, resolve
@@ -42,17 +45,45 @@ _MERGED_ATTR = "_animegen_merged_loras"  # on the pipe: (LoRA files, mtimes and 
 
 @dataclass
 class GeneratedImage:
+    """One image a `Generator` made, with what made it.
+
+    Attributes:
+        image: the 8-bit RGB PIL image.
+        seed: its seed (the request's seed + its index).
+        infotext: A1111's "parameters" text (prompt, negative prompt, settings); `save` writes it into the PNG and
+            `request_from_infotext` rebuilds the request from it.
+        parameters: the infotext's settings as a dict, in A1111's order (None values are left out of the text).
+        array: float32 HxWx3 pixels in [0, 1], before 8-bit quantisation (None when not kept).
+    """
+
     image: Image.Image
     seed: int
     infotext: str
     parameters: dict[str, Any] = field(default_factory=dict)
-    array: np.ndarray | None = None  # float32 HxWx3 in [0, 1], before 8-bit quantisation
+    array: np.ndarray | None = None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the image as a PNG with its infotext, as A1111 does (atomically; `infotext.save_png`); its path."""
+        return save_png(self, path)
+
+
+def _request_field_hint(keyword: str) -> str | None:
+    """For a keyword given to `Generator.__call__` that belongs in the request: where it goes instead."""
+    from dataclasses import fields
+
+    from animegen.generate.request import REQUEST_ALIASES
+
+    field_name = REQUEST_ALIASES.get(keyword, keyword)
+    if field_name in {f.name for f in fields(GenerationRequest)}:
+        return f"{field_name} is a GenerationRequest field: generator(GenerationRequest(prompt, {field_name}=...))"
+    return None
 
 
 class GenerationInterrupted(RuntimeError):
     """Raised when an interrupt arrives before any image of the request was finished."""
 
 
+@checked_keywords
 class Generator:
     """Holds one model (plus optional VAE override) and generates from `GenerationRequest`s.
 
@@ -63,6 +94,28 @@ class Generator:
     the name of the folder/file the pipe was loaded from (`name_or_path`). `nan_check=False` returns
     images with NaN/inf pixels instead of raising (A1111's `--disable-nan-check`). Textual-inversion
     embeddings in `embeddings_dir` (or `.embeddings.register(path)`) are used by name in either prompt.
+
+    Arguments (all but `model` keyword-only; a typo'd one raises `UnknownKeywordError` naming the nearest):
+        `model`: what to load: a diffusers folder, a Civitai/A1111 `.safetensors` checkpoint or a hub id in the
+            local Hugging Face cache. With `pipe`, only the name recorded as `Model:` (nothing is loaded).
+        `vae`: a VAE (folder or file) to load in place of the model's; with `pipe`, only recorded as `VAE:`.
+        `device`, `dtype`: where and in what precision to load (default: CUDA when there is one, in bf16 or
+            fp16 there; else the CPU in fp32); unused with `pipe`.
+        `allow_pickle`: allow pickled files (.ckpt/.pt/.bin checkpoints, LoRAs, embeddings); off by default,
+            since unpickling runs code.
+        `lora_dir`: folder whose `*.safetensors` LoRAs `<lora:name:w>` tags and `GenerationRequest.loras` find
+            by name (`register_lora` adds single files).
+        `pipe`: an already loaded diffusers SD1/SDXL pipeline to borrow instead of loading `model`.
+        `preset_file`: a TOML file of extra prompt presets (`GenerationRequest.preset` names them).
+        `speedups`: a `SpeedupConfig` (or None: the device's defaults; for a lent pipe, none at all).
+        `model_name`: the infotext's `Model:`; default: the model's file or folder name. `Model hash:` is the
+            loaded file's (a lent pipe has none: the field is left out, as A1111 leaves unknown fields out).
+        `nan_check`: raise on NaN/inf latents or pixels (default), naming the stage.
+        `embeddings_dir`: folder of textual-inversion embeddings usable by name in prompts.
+
+    Use: `generator(GenerationRequest("1girl", steps=20))` returns `GeneratedImage`s (`.save(path)` writes the
+    PNG with its infotext); `register_lora`, `available_loras` and `resolve_lora` manage LoRAs by name;
+    `default_size` is the model family's image size; `sampling()` gives the sampler pipeline over its modules.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, vae: str | os.PathLike | None = None,
@@ -110,6 +163,7 @@ class Generator:
         return path.stem
 
     def available_loras(self) -> dict[str, Path]:
+        """{name: file} of every LoRA a prompt tag can name: registered files, then `lora_dir`'s (recursively)."""
         found = dict(self._known_loras)
         if self.lora_dir and self.lora_dir.is_dir():
             for p in sorted(self.lora_dir.rglob("*.safetensors")):
@@ -178,15 +232,18 @@ class Generator:
     # ---- generation ------------------------------------------------------------------------------
     @property
     def default_size(self) -> int:
+        """The model family's default image side in pixels (512 for SD1/SD2, 1024 for SDXL)."""
         return self.family.default_size
 
+    @checked_keywords(hint=_request_field_hint)
     def __call__(self, request: GenerationRequest, *, progress: Progress | None = None,
-                 interrupt: threading.Event | None = None) -> list[GeneratedImage]:
+                 interrupt: threading.Event | None = None,
+                 skip: threading.Event | None = None) -> list[GeneratedImage]:
         with self.lock:
-            return self._generate(request, progress, interrupt)
+            return self._generate(request, progress, interrupt, skip)
 
     def _generate(self, request: GenerationRequest, progress: Progress | None,
-                  interrupt: threading.Event | None) -> list[GeneratedImage]:
+                  interrupt: threading.Event | None, skip: threading.Event | None = None) -> list[GeneratedImage]:
         resolved = resolve(request, self.default_size, self.preset_file)
         choices = self._choices(resolved)  # fail before any work
         text_prompt, recorded_prompt, loras = self._prepare_loras(resolved)
@@ -198,13 +255,14 @@ class Generator:
         ti_hashes = self.embeddings.infotext_hashes(self.pipe, [text_prompt, resolved.negative_prompt],
                                                     emphasis=resolved.emphasis)
 
-        tracker = _StepTracker(self._total_steps(resolved), progress, interrupt)
+        tracker = _StepTracker(self._total_steps(resolved), progress, interrupt, skip)
         results: list[GeneratedImage] = []
         seeds = list(resolved.seeds)
         for start in range(0, len(seeds), resolved.batch_size):
             if tracker.interrupted or (interrupt is not None and interrupt.is_set()):
                 tracker.interrupted = True
                 break  # like A1111: images of the interrupted batch come back half-denoised, later ones never start
+            tracker.new_batch()  # like A1111: a skip asked before this batch's sampling is forgotten
             batch = seeds[start:start + resolved.batch_size]
             subseeds = list(resolved.subseeds[start:start + resolved.batch_size])
             conds = [c.repeat_interleave(len(batch)) if c is not None else None
@@ -213,7 +271,7 @@ class Generator:
             for seed, subseed, array in zip(batch, subseeds, arrays):
                 params = self._parameters(resolved, choices, seed, subseed, loras, ti_hashes)
                 info = format_infotext(recorded_prompt, resolved.negative_prompt, params)
-                image = Image.fromarray((array * 255).round().clip(0, 255).astype("uint8"))
+                image = Image.fromarray((np.clip(array, 0, 1) * 255).astype("uint8"))  # A1111 truncates
                 results.append(GeneratedImage(image, seed, info, params, array))
         if not results and tracker.interrupted:
             raise GenerationInterrupted("generation interrupted before the first image finished")
@@ -296,8 +354,8 @@ class Generator:
 
     @staticmethod
     def _final(tracker: _StepTracker, latents: torch.Tensor) -> torch.Tensor:
-        """A pass's result: an interrupted pass gives its last denoised prediction, as A1111 does."""
-        if tracker.interrupted and tracker.last_denoised is not None:
+        """A pass's result: an interrupted or skipped pass gives its last denoised prediction, as A1111 does."""
+        if (tracker.interrupted or tracker.skipped) and tracker.last_denoised is not None:
             latents = tracker.last_denoised
         tracker.latents = latents
         return latents
@@ -316,10 +374,12 @@ class Generator:
         init = hr.crop_latents(init, target)
         steps = r.hires_steps or r.steps
         with tracker.pass_of(steps):
-            latents = kp.img2img(choice, conditioning, seeds, init, steps=steps, strength=r.hires_denoise,
-                                 cfg_scale=r.hires_cfg_scale, guidance_rescale=r.guidance_rescale, fixed_steps=True,
-                                 callback=tracker.on_step, noise=self._noise(kp, r, seeds, subseeds),
-                                 size=(target.width, target.height))
+            latents = init  # skipped in the first pass: A1111's hires pass stops at once, returning its start
+            if not tracker.skipped:
+                latents = kp.img2img(choice, conditioning, seeds, init, steps=steps, strength=r.hires_denoise,
+                                     cfg_scale=r.hires_cfg_scale, guidance_rescale=r.guidance_rescale,
+                                     fixed_steps=True, callback=tracker.on_step,
+                                     noise=self._noise(kp, r, seeds, subseeds), size=(target.width, target.height))
         return kp.decode(self._final(tracker, latents))
 
     def _check(self, tracker: _StepTracker, images, seeds: list[int]) -> None:
@@ -396,12 +456,14 @@ class _Interrupt(Exception):
 
 
 class _StepTracker:
-    """The samplers' per-step callback: reports progress, stops a pass on interrupt (keeping its last denoised
-    prediction, which A1111 returns then), and holds the pass's final latents for the NaN check."""
+    """The samplers' per-step callback: reports progress, stops a pass on interrupt or skip (keeping its last
+    denoised prediction, which A1111 returns then), and holds the pass's final latents for the NaN check."""
 
-    def __init__(self, total: int, progress: Progress | None, interrupt: threading.Event | None):
-        self.total, self.done, self.progress, self.interrupt = total, 0, progress, interrupt
+    def __init__(self, total: int, progress: Progress | None, interrupt: threading.Event | None,
+                 skip: threading.Event | None = None):
+        self.total, self.done, self.progress, self.interrupt, self.skip = total, 0, progress, interrupt, skip
         self.interrupted = False
+        self.skipped = False  # this batch was skipped: its passes stop, the next batch runs
         self.latents = None
         self.last_denoised = None
 
@@ -418,14 +480,24 @@ class _StepTracker:
         if self.interrupt is not None and self.interrupt.is_set():
             self.interrupted = True
             raise _Interrupt
+        if self.skip is not None and self.skip.is_set():
+            self.skipped = True
+            raise _Interrupt
+
+    def new_batch(self) -> None:
+        """A1111 clears `state.skipped` as each batch starts."""
+        self.skipped = False
+        if self.skip is not None:
+            self.skip.clear()
 
     @contextmanager
     def pass_of(self, steps: int):
         """One sampling pass of `steps` reported steps: a sampler that calls back more or fewer times still
-        ends the pass at its share; an interrupt ends it early."""
+        ends the pass at its share; an interrupt ends it early (a skip too, counting the pass as done)."""
         start, self.last_denoised = self.done, None
         try:
             yield
         except _Interrupt:
-            return
+            if self.interrupted:
+                return
         self._report(start + steps)

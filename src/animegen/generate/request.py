@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from animegen.core.errors import AnimegenError
+from animegen.core.keywords import checked_keywords
 from animegen.generate.hires import DEFAULT_HIRES_UPSCALER
 from animegen.generate.infotext import request_fields
 
@@ -29,8 +30,71 @@ DEFAULT_RNG = "GPU"
 MAX_SEED = 2**32 - 1
 
 
+REQUEST_ALIASES = {
+    "guidance_scale": "cfg_scale", "num_inference_steps": "steps", "num_images_per_prompt": "n", "n_iter": "n",
+    "sampler_name": "sampler", "scheduler": "schedule_type", "image": "init_image", "init_images": "init_image",
+    "denoising_strength": "strength", "enable_hr": "hires", "hr_scale": "hires_scale",
+    "hr_second_pass_steps": "hires_steps", "hr_upscaler": "hires_upscaler", "hr_sampler_name": "hires_sampler",
+    "hr_scheduler": "hires_schedule_type", "hr_prompt": "hires_prompt", "hr_negative_prompt": "hires_negative_prompt",
+    "hr_cfg": "hires_cfg_scale", "ensd": "eta_noise_seed_delta", "variation_seed": "subseed",
+    "variation_seed_strength": "subseed_strength", "cfg_rescale": "guidance_rescale",
+    "CLIP_stop_at_last_layers": "clip_skip",
+}
+"""diffusers' and A1111's API names for request fields, so a keyword spelled their way suggests ours."""
+
+
+@checked_keywords(aliases=REQUEST_ALIASES)
 @dataclass
 class GenerationRequest:
+    """One generation job; None means "the preset's setting, else the default" (`resolve`).
+
+    A keyword that is not a field raises `UnknownKeywordError` (a TypeError) naming the nearest field.
+    `validate()` checks the values; `resolve` (the engine calls it) fills the gaps.
+
+    Attributes:
+        prompt: the prompt, in A1111 syntax: `(word:1.2)` emphasis, `[a:b:0.5]` editing, `AND`, `BREAK`,
+            `<lora:name:0.8>` tags and textual-inversion names.
+        negative_prompt: what to steer away from; "" takes the preset's negative prompt.
+        preset: prompt template applied to the prompt (`animegen presets`: animagine, dashanime, danbooru, none,
+            or one from the generator's preset file); it also recommends sampler, steps, CFG and size.
+        sampler: an A1111 sampler name (`animegen samplers`), e.g. "Euler a", "DPM++ 2M" or "DPM++ 2M Karras";
+            None: the preset's, else "Euler a".
+        schedule_type: A1111's "Schedule type" (Karras, Exponential, ...); None or "Automatic": the sampler's own.
+        steps: sampling steps; None: the preset's, else 28.
+        cfg_scale: classifier-free guidance scale; None: the preset's, else 7.
+        seed: the first image's seed, 0..2**32-1; image k uses seed + k; -1 picks one at random.
+        width: image width in pixels, a multiple of 8 and at least 64; None: the preset's, else the model's.
+        height: image height, as `width`.
+        clip_skip: A1111's "Clip skip" (1 = the last layer); SDXL and SD2 always use their fixed layer.
+        loras: LoRAs to merge, as (file path or name in the generator's `lora_dir`, multiplier); the multiplier is
+            a float or A1111's te/unet split {"text_encoder": te, "unet": unet}. Same as `<lora:...>` tags.
+        n: number of images; image k has seed + k.
+        batch_size: images denoised together (memory vs speed); does not change any image.
+        init_image: a PIL image for img2img (resized to width x height); None: txt2img.
+        strength: img2img denoising strength in (0, 1]: how far from `init_image` the result may go.
+        hires: run A1111's hires fix (enable_hr); also on when `hires_scale` > 1 or a hires resize is set.
+        hires_scale: hires fix upscale factor (≥ 1; 1 = none unless `hires`).
+        hires_steps: steps of the hires pass; 0: the same as `steps`.
+        hires_denoise: denoising strength of the hires pass, in (0, 1].
+        hires_upscaler: how the first pass is enlarged: "Latent" and its variants, "Lanczos", "Nearest", "None"
+            (`generate.hires`).
+        hires_resize_x: A1111's hr_resize_x ("Hires resize: WxH"): resize to this width instead of
+            `hires_scale`; 0: unset.
+        hires_resize_y: the same for the height.
+        hires_sampler: the hires pass's sampler; None: the first pass's (A1111's "Use same sampler").
+        hires_schedule_type: the hires pass's schedule type; None: the first pass's.
+        hires_prompt: the hires pass's prompt (A1111's hr_prompt); "": the prompt.
+        hires_negative_prompt: the hires pass's negative prompt; "": the negative prompt.
+        hires_cfg_scale: the hires pass's CFG scale (Forge's "Hires CFG Scale"); None: `cfg_scale`.
+        rng: the noise source, A1111's "RNG": "GPU" (default; matches A1111 images on any device), "CPU" or "NV"
+            (`generate.rng`).
+        eta_noise_seed_delta: A1111's ENSD: ancestral and SDE noise are seeded with seed + this.
+        subseed: A1111's variation seed; image k uses subseed + k; -1 picks one.
+        subseed_strength: how much of the variation seed's noise to blend in, in [0, 1]; 0 = no variation.
+        guidance_rescale: CFG rescale phi in [0, 1] (Lin et al. 2023; Forge's "Rescale CFG"); 0 = off.
+        emphasis: A1111's emphasis mode: "Original", "No norm", "Ignore" or "None".
+    """
+
     prompt: str
     negative_prompt: str = ""
     preset: str = "none"
@@ -42,31 +106,29 @@ class GenerationRequest:
     width: int | None = None
     height: int | None = None
     clip_skip: int = 1
-    # (path or name, multiplier): one float, or A1111's te/unet split as {"text_encoder": te, "unet": unet}
     loras: list[tuple[str, float | dict[str, float]]] = field(default_factory=list)
     n: int = 1
     batch_size: int = 1
     init_image: Image.Image | None = None
     strength: float = 0.75
-    # the hires fix (A1111's enable_hr): on when `hires`, hires_scale > 1 or a hires resize is set
     hires: bool = False
     hires_scale: float = 1.0
     hires_steps: int = 0
     hires_denoise: float = 0.5
-    hires_upscaler: str = DEFAULT_HIRES_UPSCALER  # generate/hires.py: Latent variants, Lanczos, Nearest, None
-    hires_resize_x: int = 0  # A1111's hr_resize_x/y ("Hires resize: WxH"): resize to, instead of hires_scale
+    hires_upscaler: str = DEFAULT_HIRES_UPSCALER
+    hires_resize_x: int = 0
     hires_resize_y: int = 0
-    hires_sampler: str | None = None  # None: the first pass's sampler (A1111's "Use same sampler")
-    hires_schedule_type: str | None = None  # None: the first pass's schedule type
-    hires_prompt: str = ""  # "": the prompt (A1111's hr_prompt)
+    hires_sampler: str | None = None
+    hires_schedule_type: str | None = None
+    hires_prompt: str = ""
     hires_negative_prompt: str = ""
-    hires_cfg_scale: float | None = None  # None: cfg_scale (Forge's "Hires CFG Scale")
-    rng: str = DEFAULT_RNG  # noise source, A1111's "RNG": GPU, CPU or NV (generate/rng.py)
-    eta_noise_seed_delta: int = 0  # A1111's ENSD: re-seeds ancestral noise with seed + this
-    subseed: int = -1  # A1111's variation seed (-1 picks one); image k uses subseed + k
-    subseed_strength: float = 0.0  # 0 = no variation seed
-    guidance_rescale: float = 0.0  # CFG rescale phi (Lin et al. 2023), Forge's "Rescale CFG"; 0 = off
-    emphasis: str = "Original"  # A1111's emphasis mode: Original, No norm, Ignore, None
+    hires_cfg_scale: float | None = None
+    rng: str = DEFAULT_RNG
+    eta_noise_seed_delta: int = 0
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    guidance_rescale: float = 0.0
+    emphasis: str = "Original"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and a value that would work."""

@@ -40,6 +40,7 @@ SDXL's pooled embedding is text_encoder_2's projected pooled output of the first
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -125,6 +126,26 @@ def parse_for_emphasis(text: str, emphasis: str = "Original") -> list[tuple[str,
     return parsed
 
 
+_COMMA_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def comma_token_id(tokenizer) -> int | None:
+    """The id of `,</w>` in `tokenizer`'s vocabulary (None if absent), looked up once per tokenizer object.
+
+    `get_vocab()` builds the whole ~49k-entry dict (~90 ms on a CLIP tokenizer) and every generated prompt and
+    training caption needs this one id. Adding tokens never renumbers existing ones, so the id stays right;
+    the cache holds tokenizers weakly (one that cannot be weakly referenced is asked every time).
+    """
+    try:
+        return _COMMA_IDS[tokenizer]
+    except KeyError:
+        pass
+    except TypeError:  # not weak-referenceable
+        return tokenizer.get_vocab().get(",</w>")
+    comma = _COMMA_IDS[tokenizer] = tokenizer.get_vocab().get(",</w>")
+    return comma
+
+
 def tokenize_prompt(tokenizer, text: str, emphasis: str = "Original", comma_backtrack: int = COMMA_BACKTRACK,
                     *, embeddings: EmbeddingLibrary | None = None) -> list[PromptChunk]:
     """Split a prompt into 75-token chunks with A1111's comma back-tracking and `BREAK` handling; names of
@@ -133,7 +154,7 @@ def tokenize_prompt(tokenizer, text: str, emphasis: str = "Original", comma_back
     # verbose=False: the "longer than 77 tokens" warning does not apply, chunking handles any length
     ids_per_fragment = tokenizer([t for t, _ in parsed], add_special_tokens=False, truncation=False,
                                  verbose=False)["input_ids"]
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = comma_token_id(tokenizer)
     match = embeddings.matcher(tokenizer) if embeddings is not None else None
 
     chunks: list[PromptChunk] = []
