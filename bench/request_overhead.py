@@ -97,7 +97,7 @@ def instrument(gen) -> Timers:
     kp = gen.sampling()
     for name in ("txt2img", "decode"):
         timers.wrap(kp, name, "pipeline")
-    timers.wrap(encode, "encode_prompts", "prompt encoding")
+    timers.wrap(encode, "encode_pass_texts", "prompt encoding")  # what `generate.conditioning` calls
     timers.wrap(gen, "_apply_loras", "LoRA merge/unmerge")
     timers.wrap(lora_pkg, "lora_hash", "LoRA hashing")
     timers.wrap(gen, "_parameters", "infotext (fields + text, incl. hashing)")

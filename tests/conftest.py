@@ -44,3 +44,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def save_tiny_upscaler():
+    """`save(path, seed=0, **shape)`: a tiny random RRDBNet (x4; `upsamples=1` x2, 3 x8) written to `path` as
+    .safetensors, or as a .pth state dict by its suffix; returns the path."""
+    from safetensors.torch import save_file
+
+    from animegen.models.upscalers.rrdb import RRDBNet
+
+    def save(path, seed: int = 0, **shape):
+        torch.manual_seed(seed)
+        state = {k: v.contiguous() for k, v in RRDBNet(blocks=1, features=8, growth=4, **shape).state_dict().items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".safetensors":
+            save_file(state, str(path))
+        else:
+            torch.save(state, path)
+        return path
+
+    return save

@@ -1,5 +1,7 @@
 """`animegen generate` end to end: PNG infotext, --from-png gives the identical image, clear errors."""
 
+from datetime import date
+
 import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
@@ -14,11 +16,13 @@ ARGS = ["--steps", "3", "--width", "64", "--height", "64", "--device", "cpu"]
 def test_generate_then_from_png_is_identical(tiny_sd15_dir, tmp_path):
     out = tmp_path / "out"
     r = runner.invoke(app, ["generate", "1girl, (red hair:1.3), smile", "--model", str(tiny_sd15_dir),
-                            "--negative", "lowres", "--sampler", "DPM++ 2M Karras", "--seed", "77", "--n", "2",
-                            "--grid", "--out", str(out), *ARGS])
+                            "--negative-prompt", "lowres", "--sampler", "DPM++ 2M Karras", "--seed", "77",
+                            "--batch-count", "2", "--grid", "--out", str(out), *ARGS])
     assert r.exit_code == 0, r.output
-    first = out / "00000-77.png"
-    assert (out / "00001-78.png").is_file() and (out / "grid-00000.png").is_file()
+    day = date.today().isoformat()
+    first = out / "txt2img-images" / day / "00000-77.png"
+    assert (out / "txt2img-images" / day / "00001-78.png").is_file()
+    assert (out / "txt2img-grids" / day / "grid-0000.png").is_file()
     params = parse_infotext(read_png_infotext(first))
     assert params["Prompt"] == "1girl, (red hair:1.3), smile" and params["Seed"] == "77"
     assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 2M", "Karras")  # as A1111 1.10 writes it
@@ -28,7 +32,7 @@ def test_generate_then_from_png_is_identical(tiny_sd15_dir, tmp_path):
     r = runner.invoke(app, ["generate", "--from-png", str(first), "--model", str(tiny_sd15_dir),
                             "--device", "cpu", "--out", str(rerun)])
     assert r.exit_code == 0, r.output
-    again = rerun / "00000-77.png"
+    again = rerun / "txt2img-images" / day / "00000-77.png"
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
     assert read_png_infotext(again) == read_png_infotext(first)
 

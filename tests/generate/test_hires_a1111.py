@@ -153,10 +153,12 @@ def test_scale_1_with_hires_on_runs_the_second_pass(sd15, ref_pipe, one_torch_th
     assert np.abs(got.array - want).max() <= TOL and "Hires upscale: 1" in got.infotext
 
 
-def test_model_upscalers_and_unknown_names_are_refused_naming_the_field():
+def test_unknown_upscalers_are_refused_naming_the_field(sd15):
+    """Model upscalers are found by name in the generator's upscaler_dir (tests/generate/test_hires_model_upscaler.py);
+    this one has none, so these names are refused before sampling."""
     for name in ("R-ESRGAN 4x+", "4x-UltraSharp", "SwinIR_4x", "Bicubic"):
         with pytest.raises(AnimegenError, match="^hires_upscaler .*Latent.*Lanczos"):
-            GenerationRequest("x", hires_scale=2, hires_upscaler=name).validate()
+            sd15(GenerationRequest("x", steps=1, width=64, height=64, hires_scale=2, hires_upscaler=name))
     assert GenerationRequest("x", hires_upscaler="latent (NEAREST-exact)").validate() is None
 
 
@@ -174,7 +176,7 @@ def test_the_cli_flags_reach_the_request(tmp_path, monkeypatch):
     seen = []  # the command's Generator, unloaded: it records the request it is handed
     monkeypatch.setitem(vars(animegen.generate), "Generator", lambda *a, **k: lambda req, **kw: seen.append(req) or [])
     r = CliRunner().invoke(app, [
-        "generate", "1girl", "--model", "unused", "--out", str(tmp_path), "--hires-resize-x", "1024",
+        "generate", "1girl", "--model", "test/unused", "--out", str(tmp_path), "--hires-resize-x", "1024",
         "--hires-resize-y", "1536", "--hires-upscaler", "Latent (bicubic)", "--hires-sampler", "DPM++ 2M",
         "--hires-schedule-type", "Exponential", "--hires-prompt", "detailed", "--hires-negative-prompt", "blurry",
         "--hires-cfg-scale", "4.5", "--hires-steps", "12", "--hires-denoise", "0.4", "--schedule-type", "Karras"])
@@ -185,7 +187,7 @@ def test_the_cli_flags_reach_the_request(tmp_path, monkeypatch):
     assert (q.hires_prompt, q.hires_negative_prompt, q.hires_cfg_scale, q.hires_steps, q.hires_denoise) == (
         "detailed", "blurry", 4.5, 12, 0.4)
     assert q.schedule_type == "Karras"
-    r = CliRunner().invoke(app, ["generate", "1girl", "--model", "unused", "--out", str(tmp_path),
+    r = CliRunner().invoke(app, ["generate", "1girl", "--model", "test/unused", "--out", str(tmp_path),
                                  "--hires-upscaler", "R-ESRGAN 4x+"])
     assert r.exit_code == 2 and "hires_upscaler" in r.output and "Traceback" not in r.output
 

@@ -113,6 +113,14 @@ def test_a_typo_in_generator_is_reported_before_any_loading(tmp_path):
         Generator(pipe=object(), model_nmae="tiny")
 
 
+
+def test_a_typo_in_generate_images_names_loader_and_request_keywords(tmp_path):
+    from animegen.generate import generate_images
+
+    with pytest.raises(TypeError, match="'devcie'.*did you mean 'device'") as info:
+        generate_images("1girl", model=tmp_path / "no-such-model", devcie="cpu")
+    assert "lora_dir" in str(info.value) and "cfg_scale" in str(info.value)
+
 @pytest.fixture(scope="module")
 def lent():
     """A Generator lent a tiny pipeline built in memory: no model path, no folder name, no file to hash."""

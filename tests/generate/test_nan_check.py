@@ -117,7 +117,7 @@ def test_cli_exits_2_and_saves_nothing_and_no_nan_check_saves(nan_model, tmp_pat
 
     runner = CliRunner()
     args = ["generate", "1girl", "--model", str(nan_model), "--steps", "2", "--width", "64", "--height", "64",
-            "--device", "cpu", "--seed", "3"]
+            "--device", "cpu", "--seed", "3", "--layout", "flat"]
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert r.exit_code == 2, r.output
     assert "unet" in r.output and f"unet.{UNET_WEIGHT}" in r.output and "Traceback" not in r.output

@@ -92,12 +92,12 @@ def test_the_cli_flags_reach_the_request(tmp_path, monkeypatch):
 
     monkeypatch.setitem(vars(animegen.generate), "Generator", Recording)  # what the command imports, unloaded
     runner = CliRunner()
-    r = runner.invoke(app, ["generate", "1girl", "--model", "unused", "--out", str(tmp_path),
+    r = runner.invoke(app, ["generate", "1girl", "--model", "test/unused", "--out", str(tmp_path),
                             "--rng", "NV", "--eta-noise-seed-delta", "31337"])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["generate", "1girl", "--model", "unused", "--out", str(tmp_path)])
+    r = runner.invoke(app, ["generate", "1girl", "--model", "test/unused", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["generate", "1girl", "--model", "unused", "--out", str(tmp_path), "--rng", "TPU"])
+    r = runner.invoke(app, ["generate", "1girl", "--model", "test/unused", "--out", str(tmp_path), "--rng", "TPU"])
     assert r.exit_code == 2 and "rng" in r.output and "Traceback" not in r.output
     assert [(q.rng, q.eta_noise_seed_delta) for q in seen] == [("NV", 31337), ("GPU", 0)]
 

@@ -302,8 +302,8 @@ def test_cli_embeddings_dir_and_ti_hashes_infotext(tmp_path, tiny_sd15_dir):
                                       "bad:hands.pt": {"string_to_param": {"*": vectors(1, 12)}}})
     runner = CliRunner()
     out = tmp_path / "out"
-    args = ["generate", "1girl", "--negative", "easynegative, bad:hands", "--model", str(tiny_sd15_dir),
-            "--embeddings-dir", str(library.folder), "--seed", "1", "--out", str(out), *SMALL]
+    args = ["generate", "1girl", "--negative-prompt", "easynegative, bad:hands", "--model", str(tiny_sd15_dir),
+            "--embeddings-dir", str(library.folder), "--seed", "1", "--out", str(out), "--layout", "flat", *SMALL]
     refused = runner.invoke(app, args)
     assert refused.exit_code == 2 and "bad:hands.pt" in refused.output and "--allow-pickle" in refused.output
     r = runner.invoke(app, [*args, "--allow-pickle"])

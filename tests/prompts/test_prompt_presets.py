@@ -75,7 +75,7 @@ def test_user_file_overrides_and_adds(tmp_path):
     pony = get_preset("pony", user)
     assert isinstance(pony, Preset) and pony.cfg_scale == 7.0 and pony.negative == "score_4"
     assert build_prompt(pony, "1girl") == "score_9, score_8_up, 1girl"
-    assert [p.name for p in list_presets(user)] == ["animagine", "dashanime", "danbooru", "none", "pony"]
+    assert [p.name for p in list_presets(user)] == [p.name for p in list_presets()] + ["pony"]  # built-ins, then new
     assert get_preset("animagine").steps == 28  # built-ins untouched
 
 
@@ -89,6 +89,10 @@ def test_user_file_overrides_and_adds(tmp_path):
     ('[presets.x]\nsampler = "Euler z"\n', "Euler z"),
     ('[preset.x]\nsteps = 3\n', "preset"),
     ('[presets.x\n', "TOML"),
+    ('[presets.x]\nextends = "ponyv6"\n', "ponyv6"),
+    ('[presets.x]\nguidance_rescale = 1.5\n', "guidance_rescale"),
+    ('[presets.x]\nclip_skip = 0\n', "clip_skip"),
+    ('[presets.auto]\nsteps = 3\n', "reserved"),
 ])
 def test_user_file_errors_name_the_problem(tmp_path, body, message):
     user = tmp_path / "bad.toml"

@@ -136,8 +136,12 @@ def test_listings(client, serve_dirs):
     assert [m["model_name"] for m in models] == ["tiny-a", "tiny-b"]
     assert all(not m["filename"].startswith("/") for m in models)
     assert [s["name"] for s in client.get("/sdapi/v1/samplers").json()] == list(SAMPLERS)
+    from safetensors import safe_open
+
+    with safe_open(str(serve_dirs["loras"] / "sub" / "strong.safetensors"), "pt") as f:
+        header = f.metadata()  # the file's safetensors __metadata__ (test_api_routes checks A1111's JSON parsing)
     assert client.get("/sdapi/v1/loras").json() == [
-        {"name": "strong", "alias": "strong", "path": "sub/strong.safetensors", "metadata": {}}]
+        {"name": "strong", "alias": "strong", "path": "sub/strong.safetensors", "metadata": header}]
     assert client.get("/docs").status_code == 200
     assert "/sdapi/v1/txt2img" in client.get("/openapi.json").json()["paths"]
 

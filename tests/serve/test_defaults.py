@@ -76,24 +76,18 @@ def test_the_api_schema_declares_no_second_copy_of_the_defaults(schema):
     assert schema.model_fields["preset"].default == GenerationRequest.__dataclass_fields__["preset"].default
 
 
-def _component(demo, elem_id: str):
-    (found,) = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id]
-    return found
-
-
 def test_a_preset_applies_through_the_ui_request_builder_as_through_the_library(serve_dirs, recording_backend):
     pytest.importorskip("gradio")
-    from animegen.serve.ui import build_ui, txt2img_fields
+    from animegen.serve import ui_form
+    from animegen.serve.ui import build_parts
 
     service = ServeService(_config(serve_dirs), backend=recording_backend)
     try:
-        demo = build_ui(service)
-        shown = {name: _component(demo, f"txt2img_{name}").value
-                 for name in ("prompt", "negative", "sampler", "steps", "cfg", "width", "height", "count")}
+        controls = build_parts(service).txt2img
+        shown = {name: controls[name].value for name in ui_form.names(ui_form.TXT2IMG)}
         # the user types a prompt, picks a preset and a seed, and touches nothing else
-        fields = txt2img_fields("1girl, solo", shown["negative"], "animagine", shown["sampler"], shown["steps"],
-                                shown["cfg"], shown["width"], shown["height"], 5, shown["count"])
-        request = service.build_request(**fields)
+        shown.update(prompt="1girl, solo", preset="animagine", seed=5)
+        request = service.build_request(**ui_form.request_kwargs(ui_form.TXT2IMG, shown))
     finally:
         service.close()
     size = recording_backend.default_size

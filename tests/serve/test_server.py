@@ -99,7 +99,7 @@ def test_cli_builds_the_configured_app(serve_dirs, monkeypatch):
     assert (captured["host"], captured["port"]) == ("127.0.0.1", 7999)
     service = captured["app"].state.service
     assert (service.config.max_queue, service.config.ui) == (2, False)
-    with TestClient(captured["app"]) as client:
+    with TestClient(captured["app"], base_url="http://127.0.0.1") as client:  # loopback Host (DNS rebinding guard)
         assert [lora["name"] for lora in client.get("/sdapi/v1/loras").json()] == ["strong"]
         assert [m["model_name"] for m in client.get("/sdapi/v1/sd-models").json()] == ["tiny-a", "tiny-b"]
         assert client.get("/").status_code == 404  # --no-ui

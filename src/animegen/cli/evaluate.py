@@ -7,8 +7,22 @@ from pathlib import Path
 
 import typer
 
+from animegen.cli.checks import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    Problems,
+    check_device_and_dtype,
+    check_file,
+    check_folder,
+    check_loras,
+    check_model,
+    check_output_folder,
+    check_preset,
+    check_sampler,
+    device_word,
+    seed_or_random,
+)
 from animegen.cli.common import fail, user_errors
-from animegen.generate.request import parse_lora_spec
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluate: FID, KID, CLIP score, tag adherence, reports.")
@@ -44,7 +58,7 @@ def fid_cmd(
     batch_size: int = typer.Option(50, "--batch-size", min=1, help="Images per Inception forward pass."),
     bootstrap: int = typer.Option(200, "--bootstrap", min=0, help="Bootstrap resamples for the CI (0 = none)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (and of random weights)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (and of random weights); -1 picks one."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
     """Fréchet Inception Distance between two image folders (pytorch-fid compatible)."""
@@ -52,7 +66,7 @@ def fid_cmd(
 
     with user_errors():
         block = fid_kid_block(real, fake, fid_weights=weights, mode=mode, batch_size=batch_size,
-                              bootstrap=bootstrap, cache_dir=cache_dir, seed=seed, kid_subsets=1)
+                              bootstrap=bootstrap, cache_dir=cache_dir, seed=seed_or_random(seed), kid_subsets=1)
     fid = block["fid"]
     line = f"FID: {fid['value']:.4f}"
     fid["n_real"] = fid["n_real"] if fid["n_real"] is not None else "?"
@@ -75,7 +89,7 @@ def kid_cmd(
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size", min=2,
                                         help="Images per subset (reduced to the smaller set's size)."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the subsets (and of random weights); -1 picks one."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Kernel Inception Distance (unbiased, cubic polynomial kernel): mean ± std over subsets."""
@@ -84,7 +98,7 @@ def kid_cmd(
     with user_errors():
         block = fid_kid_block(real, fake, fid_weights=weights, mode=mode, batch_size=batch_size, bootstrap=0,
                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, cache_dir=cache_dir,
-                              seed=seed)
+                              seed=seed_or_random(seed))
     if "kid" not in block:
         fail("KID needs the real images themselves, not a statistics .npz; pass the folder")
     kid = block["kid"]
@@ -143,8 +157,10 @@ def run_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder (images/, metrics.json, report.html)."),
     lora: list[str] = typer.Option([], "--lora", help="LoRA as PATH_OR_NAME[:WEIGHT]; repeatable."),
     real: Path | None = typer.Option(None, "--real", help="Folder of real images: enables FID and KID."),
-    n_per_prompt: int = typer.Option(4, "--n-per-prompt", min=1, help="Images per prompt."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the first image; image k uses seed + k."),
+    batch_count: int = typer.Option(4, "--batch-count", min=1, help="Batches per prompt (A1111's n_iter); images "
+                                    "per prompt = batch count x batch size."),
+    n_per_prompt: int | None = typer.Option(None, "--n-per-prompt", hidden=True),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first image; image k uses seed + k; -1 picks one."),
     sampler: str | None = typer.Option(None, "--sampler", help="A1111 sampler name (default: preset's)."),
     steps: int | None = typer.Option(None, "--steps", min=1),
     cfg_scale: float | None = typer.Option(None, "--cfg-scale", min=0),
@@ -152,7 +168,7 @@ def run_cmd(
     height: int | None = typer.Option(None, "--height"),
     negative_prompt: str = typer.Option("", "--negative-prompt"),
     preset: str = typer.Option("none", "--preset", help="Prompt preset (see `animegen presets`)."),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per generation batch."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per batch (one forward pass)."),
     fid_weights: str | None = typer.Option(None, "--fid-weights", help=WEIGHTS_HELP +
                                               " Default: the torch hub cache if present, else FID is skipped."),
     fid_mode: str = typer.Option("legacy", "--fid-mode", callback=_mode, help=MODE_HELP),
@@ -160,19 +176,38 @@ def run_cmd(
     clip_model: str | None = typer.Option(None, "--clip-model", help="CLIP folder or hub id: enables CLIP score."),
     tagger: str | None = typer.Option(None, "--tagger", help="WD14 tagger folder or hub id: enables tag adherence."),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where real-set statistics are cached."),
-    device: str | None = typer.Option(None, "--device"),
-    dtype: str | None = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16 (as for generate)."),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Generate a seeded image set, compute every metric that has its inputs, write metrics.json + report.html."""
     from animegen.evaluate.run import run_eval
+    from animegen.generate.request import parse_lora_spec
 
     with user_errors():
-        data = run_eval(model, prompts, out, loras=[parse_lora_spec(s) for s in lora], real_dir=real,
-                        n_per_prompt=n_per_prompt, seed=seed, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+        problems = Problems()
+        if n_per_prompt is not None:  # the old name: the total per prompt, as before
+            typer.echo("note: --n-per-prompt is now --batch-count (images per prompt = batch count x batch size); "
+                       "the old name goes in the next release", err=True)
+        per_prompt = n_per_prompt if n_per_prompt is not None else batch_count * batch_size
+        check_model(problems, model, allow_pickle=False)
+        check_file(problems, "--prompts", prompts)
+        check_folder(problems, "--real", real)
+        check_sampler(problems, "--sampler", sampler, None, "--schedule-type")
+        check_preset(problems, preset, None)
+        loras = []
+        with problems.catch("--lora"):
+            loras = [parse_lora_spec(s) for s in lora]
+        check_loras(problems, loras, [], None, allow_pickle=False)
+        check_device_and_dtype(problems, device, dtype)
+        check_output_folder(problems, "--out", out, out)
+        problems.raise_if_any()
+        data = run_eval(model, prompts, out, loras=loras, real_dir=real,
+                        n_per_prompt=per_prompt, seed=seed_or_random(seed), sampler=sampler, steps=steps,
+                        cfg_scale=cfg_scale,
                         width=width, height=height, negative_prompt=negative_prompt, preset=preset,
                         batch_size=batch_size, fid_weights=fid_weights, fid_mode=fid_mode, bootstrap=bootstrap,
-                        clip_model=clip_model, tagger=tagger, cache_dir=cache_dir, device=device, dtype=dtype,
-                        log=lambda m: typer.echo(m, err=True))
+                        clip_model=clip_model, tagger=tagger, cache_dir=cache_dir, device=device_word(device),
+                        dtype=dtype, log=lambda m: typer.echo(m, err=True))
     from animegen.evaluate.report import metric_rows
 
     for name, value, note in metric_rows(data["metrics"]):

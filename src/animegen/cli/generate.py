@@ -1,4 +1,11 @@
-"""`animegen generate`, `animegen samplers`: the command line over `animegen.generate`."""
+"""`animegen generate`, `animegen samplers`: the command line over `animegen.generate`.
+
+Vocabulary: A1111's API field names in kebab case (`--cfg-scale`, `--negative-prompt`, `--batch-count`,
+`--batch-size`; images = batch count x batch size, as A1111's n_iter x batch_size), the same in `eval run`.
+The names before (`--cfg`, `--negative`, `--n` = the total number of images) still work, hidden from the
+help and with a note, for one release. Everything cheap is checked before the model loads (`cli.checks`).
+Images go where `generate.outputs.OutputLayout` puts them: A1111's tree by default.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +14,35 @@ from typing import Optional
 
 import typer
 
-from animegen.cli.common import fail, user_errors
-from animegen.core.files import atomic_path, writable_folder
+from animegen.cli.checks import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    Problems,
+    check_device_and_dtype,
+    check_file,
+    check_folder,
+    check_hires_upscaler,
+    check_loras,
+    check_model,
+    check_output_folder,
+    check_preset,
+    check_sampler,
+    device_word,
+)
+from animegen.cli.common import user_errors
 from animegen.generate.hires import DEFAULT_HIRES_UPSCALER, HIRES_UPSCALERS
-from animegen.generate.request import DEFAULT_CFG, DEFAULT_RNG, DEFAULT_SAMPLER, DEFAULT_STEPS, parse_lora_spec
+from animegen.generate.request import (
+    DEFAULT_CFG,
+    DEFAULT_RNG,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    parse_lora_spec,
+)
 
 # command-line parameter -> GenerationRequest field: the settings that --from-png lets the command line override
 REQUEST_OPTIONS = {
-    "prompt": "prompt", "negative": "negative_prompt", "preset": "preset", "sampler": "sampler",
-    "schedule_type": "schedule_type", "steps": "steps", "cfg": "cfg_scale", "seed": "seed", "width": "width",
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "preset": "preset", "sampler": "sampler",
+    "schedule_type": "schedule_type", "steps": "steps", "cfg_scale": "cfg_scale", "seed": "seed", "width": "width",
     "height": "height", "clip_skip": "clip_skip", "init_image": "init_image", "strength": "strength",
     "hires": "hires", "hires_scale": "hires_scale", "hires_steps": "hires_steps", "hires_denoise": "hires_denoise",
     "hires_upscaler": "hires_upscaler", "hires_resize_x": "hires_resize_x", "hires_resize_y": "hires_resize_y",
@@ -24,26 +51,30 @@ REQUEST_OPTIONS = {
     "eta_noise_seed_delta": "eta_noise_seed_delta", "subseed": "subseed", "subseed_strength": "subseed_strength",
     "guidance_rescale": "guidance_rescale", "emphasis": "emphasis",
 }
-
-
-def _next_index(out: Path) -> int:
-    """A1111 numbers images 00000-SEED.png, continuing after the highest number in the folder."""
-    numbers = [int(p.name.split("-", 1)[0]) for p in out.glob("*.png") if p.name.split("-", 1)[0].isdigit()]
-    return max(numbers, default=-1) + 1
+# old parameter (hidden, still accepted for one release) -> (its flag, the canonical parameter, its flag)
+OLD_NAMES = {"negative": ("--negative", "negative_prompt", "--negative-prompt"),
+             "cfg": ("--cfg", "cfg_scale", "--cfg-scale")}
+OUT_HELP = ("Output root. Default layout a1111: OUT/txt2img-images/YYYY-MM-DD/NNNNN-SEED.png (img2img-images "
+            "for --init-image; grids in txt2img-grids / img2img-grids), numbering continued as A1111 does.")
 
 
 def generate_command(
     ctx: typer.Context,
-    prompt: Optional[str] = typer.Argument(None, help="Prompt (A1111 syntax: (emphasis:1.2), [less], BREAK, <lora:name:0.8>)."),
+    prompt: Optional[str] = typer.Argument(None, help="Prompt (A1111 syntax: (emphasis:1.2), [less], BREAK, "
+                                           "<lora:name:0.8>)."),
     model: str = typer.Option(..., "--model", "-m", help="Hub id, diffusers folder, or single .safetensors checkpoint."),
-    negative: str = typer.Option("", "--negative", help="Negative prompt (default: the preset's)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt (default: the preset's)."),
+    negative: Optional[str] = typer.Option(None, "--negative", hidden=True),
     preset: str = typer.Option("none", help="Prompt preset: animagine, dashanime, danbooru, none, or a user preset."),
     preset_file: Optional[Path] = typer.Option(None, help="TOML file with user presets."),
-    sampler: Optional[str] = typer.Option(None, help=f"A1111 sampler name (default: preset's, else {DEFAULT_SAMPLER!r})."),
+    sampler: Optional[str] = typer.Option(None, help=f"A1111 sampler name or alias (default: preset's, else "
+                                          f"{DEFAULT_SAMPLER!r}; `animegen samplers` lists them)."),
     schedule_type: Optional[str] = typer.Option(None, help="A1111 'Schedule type' (Automatic = the sampler's "
                                                 "default; Karras, Exponential, SGM Uniform, ...)."),
     steps: Optional[int] = typer.Option(None, help=f"Sampling steps (default: preset's, else {DEFAULT_STEPS})."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help=f"CFG scale (default: preset's, else {DEFAULT_CFG:g})."),
+    cfg_scale: Optional[float] = typer.Option(None, "--cfg-scale", help=f"CFG scale (default: preset's, else "
+                                              f"{DEFAULT_CFG:g})."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", hidden=True),
     seed: int = typer.Option(-1, help="Seed; -1 picks one. Image k uses seed+k."),
     width: Optional[int] = typer.Option(None, help="Width, multiple of 8 (default: preset's, else 512 SD1 / 1024 SDXL)."),
     height: Optional[int] = typer.Option(None, help="Height, multiple of 8."),
@@ -52,8 +83,10 @@ def generate_command(
     lora_dir: Optional[Path] = typer.Option(None, help="Folder that resolves <lora:name:w> tags."),
     embeddings_dir: Optional[Path] = typer.Option(None, help="Folder of textual-inversion embeddings, used by "
                                                   "file name in either prompt (e.g. easynegative)."),
-    n: int = typer.Option(1, "--n", help="Number of images."),
-    batch_size: int = typer.Option(1, help="Images per forward pass."),
+    batch_count: int = typer.Option(1, "--batch-count", min=1, help="Batches to run, one after another (A1111's "
+                                    "n_iter); images = batch count x batch size."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Images per batch (one forward pass)."),
+    n: Optional[int] = typer.Option(None, "--n", hidden=True),
     grid: bool = typer.Option(False, help="Also save a grid of all images."),
     init_image: Optional[Path] = typer.Option(None, help="img2img: start from this image."),
     strength: float = typer.Option(0.75, help="img2img denoising strength."),
@@ -62,7 +95,10 @@ def generate_command(
     hires_scale: float = typer.Option(1.0, help="Hires fix upscale factor (1 = off)."),
     hires_steps: int = typer.Option(0, help="Hires fix steps, run exactly (0 = same as --steps)."),
     hires_denoise: float = typer.Option(0.5, help="Hires fix denoising strength."),
-    hires_upscaler: str = typer.Option(DEFAULT_HIRES_UPSCALER, help=f"Hires upscaler: {', '.join(HIRES_UPSCALERS)}."),
+    hires_upscaler: str = typer.Option(DEFAULT_HIRES_UPSCALER, help=f"Hires upscaler: {', '.join(HIRES_UPSCALERS)}, "
+                                       "or a model upscaler: a file's name (stem) in --upscaler-dir, or its path."),
+    upscaler_dir: Optional[Path] = typer.Option(None, help="Folder of model upscalers (ESRGAN / Real-ESRGAN / SRVGG "
+                                                ".safetensors; .pth with --allow-pickle) --hires-upscaler names."),
     hires_resize_x: int = typer.Option(0, help="Hires fix: resize to this width instead of --hires-scale (0 = "
                                        "from the height's aspect; both set: cover and centre-crop, as A1111)."),
     hires_resize_y: int = typer.Option(0, help="Hires fix: resize to this height (0 = from the width's aspect)."),
@@ -71,7 +107,7 @@ def generate_command(
                                                       "pass's)."),
     hires_prompt: str = typer.Option("", help="Hires pass prompt (default: the prompt)."),
     hires_negative_prompt: str = typer.Option("", help="Hires pass negative prompt (default: the negative)."),
-    hires_cfg_scale: Optional[float] = typer.Option(None, help="Hires pass CFG scale (default: --cfg's)."),
+    hires_cfg_scale: Optional[float] = typer.Option(None, help="Hires pass CFG scale (default: --cfg-scale's)."),
     subseed: int = typer.Option(-1, help="A1111's variation seed (-1 picks one; image k uses subseed+k)."),
     subseed_strength: float = typer.Option(0.0, help="Variation seed strength (0 = off)."),
     guidance_rescale: float = typer.Option(0.0, help="CFG rescale phi (Lin et al. 2023; infotext 'Rescale CFG', as "
@@ -81,12 +117,14 @@ def generate_command(
                                       "GPU without CUDA draws NV, the same numbers; CPU is animegen's old noise)."),
     eta_noise_seed_delta: Optional[int] = typer.Option(None, help="A1111's ENSD: seed offset of ancestral noise "
                                                        "(e.g. 31337; default 0 = off)."),
-    out: Path = typer.Option(Path("outputs"), help="Output folder."),
+    out: Path = typer.Option(Path("outputs"), help=OUT_HELP),
+    layout: str = typer.Option("a1111", help="Output layout: a1111 (dated folders, see --out) or flat (every "
+                               "image directly in --out, as animegen wrote before)."),
     from_png: Optional[Path] = typer.Option(None, help="Re-run the generation recorded in this PNG's infotext; "
                                        "settings given with it (PROMPT, --seed, --steps, ...) override it."),
     vae: Optional[str] = typer.Option(None, help="VAE override: folder or single file."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16, bf16."),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     allow_pickle: bool = typer.Option(False, help="Allow pickled .ckpt/.pt/.bin checkpoints and embeddings "
                                       "(tensors only)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
@@ -101,86 +139,183 @@ def generate_command(
                                    help="Refuse images whose latents or pixels hold NaN/inf (A1111's NaN check)."),
 ) -> None:
     """Generate images; each PNG carries A1111-compatible infotext."""
-    from tqdm import tqdm
-
-    from animegen.data.image_io import open_image
-    from animegen.generate import GenerationRequest, Generator, read_png_infotext, request_from_infotext, save_png
+    from animegen.generate.outputs import LAYOUTS, OutputLayout
 
     with user_errors():
-        writable_folder(out)  # a read-only --out fails now, not after the images are made
-        settings = {field: ctx.params[name] for name, field in REQUEST_OPTIONS.items() if ctx.params[name] is not None}
-        if init_image is not None:
-            settings["init_image"] = open_image(init_image)
-        if from_png is not None:
-            text = read_png_infotext(from_png)
-            if text is None:
-                fail(f"{from_png} has no 'parameters' infotext to re-run")
-            given = {field: value for field, value in settings.items() if _given(ctx, field)}
-            if given:  # what the command line says wins over the infotext, and the user is told so
-                shown = ", ".join(f"{k}={'<image>' if k == 'init_image' else repr(v)}" for k, v in given.items())
-                typer.echo(f"--from-png: overriding the infotext with {shown}")
-            request = request_from_infotext(text, n=n, batch_size=batch_size, **given)
-        elif prompt is None:
-            fail("give a PROMPT, or --from-png FILE to re-run an image")
-        else:
-            request = GenerationRequest(**settings, loras=[parse_lora_spec(x) for x in lora], n=n,
-                                        batch_size=batch_size)
-        request.validate()
-        from animegen.generate.speed import SpeedupConfig
+        problems = Problems()
+        _take_old_names(ctx, problems)
+        total = _image_count(ctx, problems)
+        if layout not in LAYOUTS:
+            problems.add(f"--layout {layout}", f"use one of: {', '.join(LAYOUTS)}")
+            layout = "a1111"
+        request = _build_request(ctx, problems, total)
+        check_model(problems, model, allow_pickle)
+        check_file(problems, "--vae", vae)
+        check_folder(problems, "--embeddings-dir", embeddings_dir)
+        check_preset(problems, preset, preset_file)
+        specs = []
+        with problems.catch("--lora"):
+            specs = [parse_lora_spec(x) for x in lora]
+        if request is not None:
+            check_sampler(problems, "--sampler", request.sampler, request.schedule_type, "--schedule-type")
+            check_sampler(problems, "--hires-sampler", request.hires_sampler, request.hires_schedule_type,
+                          "--hires-schedule-type")
+            from_files = [Path(p).stem for p, _ in specs if Path(p).is_file()] if from_png is not None else []
+            check_loras(problems, specs, [request.prompt, request.hires_prompt], lora_dir, allow_pickle,
+                        also_known=from_files)
+            check_hires_upscaler(problems, request.hires_upscaler, upscaler_dir, allow_pickle)
+        check_device_and_dtype(problems, device, dtype)
+        outputs = OutputLayout(out, layout)  # type: ignore[arg-type]
+        kind = "img2img" if init_image is not None else "txt2img"
+        check_output_folder(problems, "--out", out, outputs.folder(kind))
+        problems.raise_if_any()
+        _note_flat_folder(ctx, out)
 
-        speedups = SpeedupConfig(channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile,
-                                 vae_tiling=vae_tiling)
-        generator = Generator(model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                              lora_dir=lora_dir, preset_file=preset_file, speedups=speedups,
-                              nan_check=nan_check, embeddings_dir=embeddings_dir)
-        if from_png is not None:
-            for path, _ in (parse_lora_spec(x) for x in lora):
-                generator.register_lora(path)  # names for the <lora:...> tags recorded in the prompt
-        bar = tqdm(total=1, desc="generating", unit="step")
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        images = generator(request, progress=progress)
-        bar.close()
-        index = _next_index(out)
-        for i, img in enumerate(images):
-            path = save_png(img, out / f"{index + i:05d}-{img.seed}.png")
-            typer.echo(f"saved {path}")
+        images = _generate(request, model=model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                           lora_dir=lora_dir, preset_file=preset_file, embeddings_dir=embeddings_dir,
+                           upscaler_dir=upscaler_dir, nan_check=nan_check, specs=specs if from_png is not None else [],
+                           speedups=dict(channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile,
+                                         vae_tiling=vae_tiling))
+        for img in images:
+            typer.echo(f"saved {outputs.save(img, kind)}")
         if grid and len(images) > 1:
-            from diffusers.utils import make_image_grid
-
-            cols = min(len(images), 4)
-            rows = -(-len(images) // cols)
-            blank = images[0].image.copy()
-            blank.paste((0, 0, 0), (0, 0, *blank.size))
-            tiles = [im.image for im in images] + [blank] * (rows * cols - len(images))
-            grid_image = make_image_grid(tiles, rows=rows, cols=cols)
-            grid_path = out / f"grid-{index:05d}.png"
-            with atomic_path(grid_path) as tmp:
-                grid_image.save(tmp, format="PNG")
-            typer.echo(f"saved {grid_path}")
+            typer.echo(f"saved {outputs.save(_grid(images), kind, grid=True)}")
 
 
-def _given(ctx: typer.Context, field: str) -> bool:
-    """Whether the request setting `field` was set on the command line (or by its environment variable)."""
-    name = next(name for name, f in REQUEST_OPTIONS.items() if f == field)
+def _from_user(ctx: typer.Context, name: str) -> bool:
+    """Whether parameter `name` was set on the command line (or by its environment variable)."""
     source = ctx.get_parameter_source(name)  # by name: typer may bring its own copy of click's enum
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
+def _take_old_names(ctx: typer.Context, problems: Problems) -> None:
+    """Move a value given under an old option name to its canonical parameter, with a note."""
+    for old, (old_flag, new, new_flag) in OLD_NAMES.items():
+        if not _from_user(ctx, old):
+            continue
+        if _from_user(ctx, new) and ctx.params[new] != ctx.params[old]:
+            problems.add(old_flag, f"is the old name of {new_flag}; give one of them")
+        typer.echo(f"note: {old_flag} is now {new_flag}; the old name goes in the next release", err=True)
+        ctx.params[new] = ctx.params[old]
+
+
+def _image_count(ctx: typer.Context, problems: Problems) -> int:
+    """Images to make: batch count x batch size, or the old `--n` (the total, in batches of --batch-size)."""
+    params = ctx.params
+    if params["n"] is None:
+        return params["batch_count"] * params["batch_size"]
+    typer.echo("note: --n is now --batch-count (batches of --batch-size: images = batch count x batch size); "
+               "the old name goes in the next release", err=True)
+    if _from_user(ctx, "batch_count"):
+        problems.add("--n", "is the old total of images; give --batch-count (and --batch-size) instead")
+    if params["n"] < 1:
+        problems.add(f"--n {params['n']}", "must be at least 1")
+    return max(params["n"], 1)
+
+
+def _given(ctx: typer.Context, field: str) -> bool:
+    """Whether the request setting `field` was set on the command line (under its name or an old one)."""
+    name = next(name for name, f in REQUEST_OPTIONS.items() if f == field)
+    return _from_user(ctx, name) or any(_from_user(ctx, old) for old, (_, new, _) in OLD_NAMES.items() if new == name)
+
+
+def _build_request(ctx: typer.Context, problems: Problems, total: int):
+    """The request of the command line (or of --from-png's infotext, overridden); None if it cannot be built."""
+    from animegen.generate import GenerationRequest, read_png_infotext, request_from_infotext
+
+    params = ctx.params
+    settings = {field: params[name] for name, field in REQUEST_OPTIONS.items() if params[name] is not None}
+    if params["init_image"] is not None:
+        from animegen.data.image_io import open_image
+
+        settings.pop("init_image")
+        if not Path(params["init_image"]).is_file():
+            problems.add(f"--init-image {params['init_image']}", "no such file")
+        else:
+            with problems.catch(f"--init-image {params['init_image']}"):
+                settings["init_image"] = open_image(params["init_image"])
+    request = None
+    from_png = params["from_png"]
+    if from_png is not None:
+        with problems.catch(f"--from-png {from_png}"):
+            text = read_png_infotext(from_png)
+            if text is None:
+                raise ValueError("has no 'parameters' infotext to re-run")
+            given = {field: value for field, value in settings.items() if _given(ctx, field)}
+            request = request_from_infotext(text, n=total, batch_size=params["batch_size"], **given)
+            if given:  # what the command line says wins over the infotext, and the user is told so
+                shown = ", ".join(f"{k}={'<image>' if k == 'init_image' else repr(v)}" for k, v in given.items())
+                typer.echo(f"--from-png: overriding the infotext with {shown}")
+    elif params["prompt"] is None:
+        problems.add("", "give a PROMPT, or --from-png FILE to re-run an image")
+    else:
+        with problems.catch("--lora"):
+            loras = [parse_lora_spec(x) for x in params["lora"]]
+            request = GenerationRequest(**settings, loras=loras, n=total, batch_size=params["batch_size"])
+    if request is not None:
+        with problems.catch(""):
+            request.validate()
+    return request
+
+
+def _note_flat_folder(ctx: typer.Context, out: Path) -> None:
+    """Tell a user whose --out holds animegen's old flat numbering where the new images go."""
+    if ctx.params["layout"] != "a1111" or _from_user(ctx, "layout"):
+        return
+    if any(p.name[:5].isdigit() and p.suffix == ".png" for p in out.glob("[0-9]*-*.png")):
+        typer.echo(f"note: {out} holds images numbered in the old flat layout; new ones go to its dated "
+                   "txt2img-images/img2img-images folders (A1111's layout; --layout flat continues the old)",
+                   err=True)
+
+
+def _generate(request, *, model, vae, device, dtype, allow_pickle, lora_dir, preset_file, embeddings_dir,
+              upscaler_dir, nan_check, specs, speedups):
+    """Load the model (the slow part, after every check) and run the request with a progress bar."""
+    from tqdm import tqdm
+
+    from animegen.generate import Generator
+    from animegen.generate.speed import SpeedupConfig
+
+    generator = Generator(model, vae=vae, device=device_word(device), dtype=dtype, allow_pickle=allow_pickle,
+                          lora_dir=lora_dir, preset_file=preset_file, speedups=SpeedupConfig(**speedups),
+                          nan_check=nan_check, embeddings_dir=embeddings_dir, upscaler_dir=upscaler_dir)
+    for path, _ in specs:
+        generator.register_lora(path)  # --from-png: names for the <lora:...> tags recorded in the prompt
+    bar = tqdm(total=1, desc="generating", unit="step")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    images = generator(request, progress=progress)
+    bar.close()
+    return images
+
+
+def _grid(images):
+    """A1111's grid of the images (4 columns at most, blank-filled), carrying the first image's infotext."""
+    from dataclasses import replace
+
+    from diffusers.utils import make_image_grid
+
+    cols = min(len(images), 4)
+    rows = -(-len(images) // cols)
+    blank = images[0].image.copy()
+    blank.paste((0, 0, 0), (0, 0, *blank.size))
+    tiles = [im.image for im in images] + [blank] * (rows * cols - len(images))
+    return replace(images[0], image=make_image_grid(tiles, rows=rows, cols=cols))
+
+
 def samplers_command() -> None:
     """List the A1111 1.10 sampler names animegen understands, their aliases and default schedule type."""
-    from animegen.generate.samplers import SAMPLERS
-    from animegen.generate.schedules import SCHEDULE_TYPES
+    from animegen.generate.sampler_names import SAMPLER_NAMES, SCHEDULE_NAMES
 
-    for s in SAMPLERS.values():
+    for s in SAMPLER_NAMES.values():
         schedule = "(ignores Schedule type)" if s.kind == "timesteps" else \
             f"Automatic = {s.options.get('scheduler', 'uniform').replace('_', ' ').title()}"
         typer.echo(f"{s.name:<20} {schedule:<28} aliases: {', '.join(s.aliases)}")
-    typer.echo(f"schedule types: {', '.join(SCHEDULE_TYPES)}")
+    typer.echo(f"schedule types: {', '.join(SCHEDULE_NAMES)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,16 @@ from pathlib import Path
 
 import typer
 
+from animegen.cli.checks import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    Problems,
+    check_device_and_dtype,
+    check_file,
+    check_folder,
+    check_model,
+    device_word,
+)
 from animegen.cli.common import error_line, fail
 
 
@@ -15,14 +25,18 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    model: str = typer.Option(None, "--model", help="Checkpoint to load: diffusers folder or .safetensors file."),
+    model: str = typer.Option(None, "--model", help="Model to load: hub id, diffusers folder, or single "
+                              ".safetensors checkpoint (as for generate)."),
     model_dir: Path = typer.Option(None, "--model-dir", help="Folder of checkpoints the API may switch to."),
     lora_dir: Path = typer.Option(None, "--lora-dir", help="Folder of LoRAs usable as <lora:name:weight>."),
     embeddings_dir: Path = typer.Option(None, "--embeddings-dir",
                                         help="Folder of textual-inversion embeddings usable by name in prompts."),
+    upscaler_dir: Path = typer.Option(None, "--upscaler-dir", help="Folder of model upscalers (ESRGAN / Real-ESRGAN "
+                                      "/ SRVGG .safetensors) usable by file name, besides --model-dir's ESRGAN/ and "
+                                      "RealESRGAN/."),
     vae: str = typer.Option(None, "--vae", help="VAE override (folder or .safetensors)."),
-    device: str = typer.Option(None, "--device", help="cuda, cpu, mps (default: best available)."),
-    dtype: str = typer.Option(None, "--dtype", help="auto, fp32, fp16 or bf16 (as for generate)."),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
     host: str = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", help="Port (default 7860; 0 picks a free one)."),
     listen: bool = typer.Option(False, "--listen", help="Bind 0.0.0.0; requires --api-auth or --api-token."),
@@ -43,7 +57,8 @@ def serve(
 
     values = {
         "model": model, "model_dir": model_dir, "lora_dir": lora_dir, "embeddings_dir": embeddings_dir,
-        "vae": vae, "device": device,
+        "upscaler_dir": upscaler_dir,
+        "vae": vae, "device": device_word(device),
         "dtype": dtype, "host": host, "port": port, "listen": listen or None, "api_auth": api_auth,
         "api_token": api_token, "max_queue": max_queue, "ui": ui,
         "nan_check": nan_check,
@@ -55,8 +70,8 @@ def serve(
             cfg = ServeConfig.from_toml(config, **values)
         else:
             if not model:
-                raise typer.BadParameter("give the checkpoint to serve, e.g. --model ./my-model.safetensors",
-                                         param_hint="--model")
+                raise typer.BadParameter("give the model to serve, e.g. --model ./my-model.safetensors or a hub id "
+                                         "such as cagliostrolab/animagine-xl-3.1", param_hint="--model")
             cfg = ServeConfig(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         problems = []
@@ -66,14 +81,18 @@ def serve(
             problems.append(f"{flag}{error['msg'].removeprefix('Value error, ')}")
         fail("; ".join(problems))
 
+    problems = Problems()  # everything cheap, before the model loads
     for name, folder in (("--model-dir", cfg.model_dir), ("--lora-dir", cfg.lora_dir),
-                         ("--embeddings-dir", cfg.embeddings_dir)):
-        if folder is not None and not Path(folder).is_dir():
-            raise typer.BadParameter(f"{folder} is not a folder", param_hint=name)
+                         ("--embeddings-dir", cfg.embeddings_dir), ("--upscaler-dir", cfg.upscaler_dir)):
+        check_folder(problems, name, None if folder is None else Path(folder))
+    check_model(problems, cfg.model, allow_pickle=False, option="cannot load --model")
+    check_file(problems, "--vae", cfg.vae)
+    check_device_and_dtype(problems, cfg.device, cfg.dtype)
+    problems.raise_if_any()
 
     import uvicorn
 
-    from animegen.serve.app import create_app
+    from animegen.serve.app import create_app, uvicorn_options
 
     typer.echo(f"loading {cfg.model} ...")
     try:
@@ -83,5 +102,4 @@ def serve(
     where = f"http://{'127.0.0.1' if cfg.host == '0.0.0.0' else cfg.host}:{cfg.port}"
     ui_line = f"web UI: {where}/   " if cfg.ui else ""
     typer.echo(f"{ui_line}API: {where}/sdapi/v1   docs: {where}/docs")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info",
-                limit_concurrency=max(64, 4 * cfg.max_queue))
+    uvicorn.run(**uvicorn_options(app, cfg))

@@ -298,9 +298,18 @@ def _sha256_bytes(path: Path, max_bytes: int | None = None, safetensors_payload:
         return digest.hexdigest()
 
 
+#: This process's layer of the `sha256_file` cache: key (resolved path|size|mtime_ns[|payload]) -> hex digest.
+_HASHES_SEEN: dict[str, str] = {}
+
+
 def sha256_file(path: str | os.PathLike, *, cached: bool = True, max_bytes: int | None = None,
                 safetensors_payload: bool = False) -> str:
     """sha256 hex of a file's bytes, cached by (resolved path, size, mtime_ns) so multi-GB checkpoints hash once.
+
+    The cache has two layers: this process's memory (so a LoRA named in every image of a request is hashed
+    once, not once per image, and without re-reading the cache file each time), then `hashes.json` under
+    `cache_root()` (so the next process does not hash again). A changed file has a new key and is hashed
+    again; a cache root that cannot be written costs one hash per file per process.
 
     `safetensors_payload=True` hashes only the tensor bytes after a .safetensors file's header (A1111's
     `addnet_hash_safetensors`, the LoRA hash of infotext: editing the metadata does not change it).
@@ -316,6 +325,8 @@ def sha256_file(path: str | os.PathLike, *, cached: bool = True, max_bytes: int 
     stat_result = path.stat()
     key = f"{path.resolve()}|{stat_result.st_size}|{stat_result.st_mtime_ns}"
     key += "|payload" if safetensors_payload else ""
+    if key in _HASHES_SEEN:
+        return _HASHES_SEEN[key]
     cache_path = cache_root() / "hashes.json"
     try:
         cache = json.loads(cache_path.read_text())
@@ -323,11 +334,11 @@ def sha256_file(path: str | os.PathLike, *, cached: bool = True, max_bytes: int 
         cache = {}
     if not isinstance(cache, dict):
         cache = {}
-    if key in cache:
-        return cache[key]
-    cache[key] = _sha256_bytes(path, max_bytes, safetensors_payload)
-    with contextlib.suppress(OSError):  # a read-only home only costs re-hashing next time
-        atomic_write(cache_path, json.dumps(cache))
+    if key not in cache:
+        cache[key] = _sha256_bytes(path, max_bytes, safetensors_payload)
+        with contextlib.suppress(OSError):  # a read-only home only costs re-hashing in the next process
+            atomic_write(cache_path, json.dumps(cache))
+    _HASHES_SEEN[key] = cache[key]
     return cache[key]
 
 
@@ -459,3 +470,32 @@ __all__ = [
     "stat_regular_file",
     "writable_folder",
 ]
+
+
+#: A safetensors header larger than this is not a real model's (SDXL's is ~200 KB): refuse, don't allocate.
+MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict:
+    """A safetensors file's `__metadata__`, read from its header only (never the tensors); values that hold a JSON
+    object are parsed, as A1111's `read_metadata_from_safetensors`. Raises `WeightsFileError` naming the file when
+    the header cannot be read; listings that must survive one bad file catch it."""
+    import struct
+
+    path = Path(path)
+    try:
+        with open_regular_file(path) as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > MAX_SAFETENSORS_HEADER_BYTES:
+                raise ValueError(f"header of {size} bytes exceeds {MAX_SAFETENSORS_HEADER_BYTES}")
+            header = json.loads(f.read(size))
+        metadata = dict(header.get("__metadata__") or {})
+    except (OSError, ValueError, struct.error, AttributeError) as exc:
+        raise WeightsFileError(f"{path}: cannot read its safetensors header ({exc})") from exc
+    for key, value in metadata.items():
+        if isinstance(value, str) and value.startswith("{"):
+            try:
+                metadata[key] = json.loads(value)
+            except ValueError:
+                pass
+    return metadata

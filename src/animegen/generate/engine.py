@@ -7,7 +7,9 @@ its starting, ancestral and SDE noise from a fresh `rng.ImageRNG` of the request
 and ENSD, one generator per image as A1111, so image k of a batch equals image k generated alone with seed+k
 and the infotext records the source. `skip` (A1111's /skip) ends the current batch's sampling early, decoding
 its last denoised prediction (a skipped first pass goes through the hires upscale unsampled, as A1111), and the
-next batch runs; `interrupt` ends the whole request. NaN/inf in a pass's final latents or
+next batch runs; `interrupt` ends the whole request. img2img with a mask is A1111's inpainting
+(`generate.inpaint`: the mask planned once per request, its latent mask blended in while sampling, the original
+pasted back over each result, a 9-channel model given the mask and masked image). NaN/inf in a pass's final latents or
 decoded pixels is an error naming the stage (`generate.nan_check`, A1111's NansException), unless
 `nan_check=False`.
 """
@@ -31,7 +33,14 @@ from animegen.core.errors import AnimegenError
 from animegen.core.keywords import checked_keywords
 from animegen.generate import hires as hr
 from animegen.generate.conditioning import PromptConditioning
-from animegen.generate.infotext import format_infotext, noise_fields, save_png, schedule_type_label
+from animegen.generate.infotext import (
+    format_infotext,
+    inpaint_fields,
+    noise_fields,
+    save_png,
+    schedule_type_label,
+)
+from animegen.generate.inpaint import InpaintPlan, conditioning_mask, plan_inpaint
 from animegen.generate.kpipeline import KPipeline
 from animegen.generate.nan_check import check_output
 from animegen.generate.request import GenerationRequest, ResolvedRequest, lora_tag_text, resolve
@@ -53,7 +62,8 @@ class GeneratedImage:
         infotext: A1111's "parameters" text (prompt, negative prompt, settings); `save` writes it into the PNG and
             `request_from_infotext` rebuilds the request from it.
         parameters: the infotext's settings as a dict, in A1111's order (None values are left out of the text).
-        array: float32 HxWx3 pixels in [0, 1], before 8-bit quantisation (None when not kept).
+        array: float32 HxWx3 pixels in [0, 1], before 8-bit quantisation (None when not kept); inpainted images
+            are pasted back over the original in 8 bits, as A1111 does, so theirs is that image / 255.
     """
 
     image: Image.Image
@@ -112,6 +122,9 @@ class Generator:
             loaded file's (a lent pipe has none: the field is left out, as A1111 leaves unknown fields out).
         `nan_check`: raise on NaN/inf latents or pixels (default), naming the stage.
         `embeddings_dir`: folder of textual-inversion embeddings usable by name in prompts.
+        `upscaler_dir`: folder (or list of folders, searched in order) of model upscalers (ESRGAN / Real-ESRGAN /
+            SRVGG `.safetensors`; `.pth` with `allow_pickle`) that `hires_upscaler` names by file stem
+            (`generate.hires.find_hires_upscaler`; a file's path works too).
 
     Use: `generator(GenerationRequest("1girl", steps=20))` returns `GeneratedImage`s (`.save(path)` writes the
     PNG with its infotext); `register_lora`, `available_loras` and `resolve_lora` manage LoRAs by name;
@@ -122,7 +135,8 @@ class Generator:
                  device: str | None = None, dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
                  lora_dir: str | os.PathLike | None = None, pipe=None, preset_file: str | os.PathLike | None = None,
                  speedups=None, model_name: str | None = None, nan_check: bool = True,
-                 embeddings_dir: str | os.PathLike | None = None):
+                 embeddings_dir: str | os.PathLike | None = None,
+                 upscaler_dir: str | os.PathLike | list[str | os.PathLike] | None = None):
         from animegen.models import loading
 
         if model is None and pipe is None:
@@ -141,6 +155,9 @@ class Generator:
         self.embeddings = EmbeddingLibrary(embeddings_dir, allow_pickle=allow_pickle)
         self.preset_file = preset_file
         self.nan_check = nan_check
+        self.upscaler_dirs = [Path(d) for d in (upscaler_dir if isinstance(upscaler_dir, list | tuple) else
+                                                [upscaler_dir] if upscaler_dir else [])]
+        self._known_upscalers: dict[str, Path] = {}  # model upscalers given by path, then known by their stem
         self.family = family_of(self.pipe)  # default size, and what infotext / UIs show
         self._known_loras: dict[str, Path] = {}
         self._lora_cache: dict[tuple[str, int], Any] = {}
@@ -244,8 +261,10 @@ class Generator:
 
     def _generate(self, request: GenerationRequest, progress: Progress | None,
                   interrupt: threading.Event | None, skip: threading.Event | None = None) -> list[GeneratedImage]:
-        resolved = resolve(request, self.default_size, self.preset_file)
+        resolved = resolve(request, self.default_size, self.preset_file, model=self.model)
         choices = self._choices(resolved)  # fail before any work
+        if resolved.hires:  # a model upscaler's name (or path, recorded by its stem); unknown names fail here
+            resolved = replace(resolved, hires_upscaler=self._hires_upscaler(resolved.hires_upscaler)[0])
         text_prompt, recorded_prompt, loras = self._prepare_loras(resolved)
         self._apply_loras(loras)
         # prompt editing, alternation and AND: planned and encoded per pass (generate/conditioning.py)
@@ -255,6 +274,7 @@ class Generator:
         ti_hashes = self.embeddings.infotext_hashes(self.pipe, [text_prompt, resolved.negative_prompt],
                                                     emphasis=resolved.emphasis)
 
+        plan = self._inpaint_plan(resolved)
         tracker = _StepTracker(self._total_steps(resolved), progress, interrupt, skip)
         results: list[GeneratedImage] = []
         seeds = list(resolved.seeds)
@@ -267,11 +287,14 @@ class Generator:
             subseeds = list(resolved.subseeds[start:start + resolved.batch_size])
             conds = [c.repeat_interleave(len(batch)) if c is not None else None
                      for c in (conditioning, hires_conditioning)]
-            arrays = self._run_batch(resolved, choices, batch, subseeds, conds, tracker)
+            arrays = self._run_batch(resolved, choices, batch, subseeds, conds, tracker, plan)
             for seed, subseed, array in zip(batch, subseeds, arrays):
-                params = self._parameters(resolved, choices, seed, subseed, loras, ti_hashes)
+                params = self._parameters(resolved, choices, seed, subseed, loras, ti_hashes, plan)
                 info = format_infotext(recorded_prompt, resolved.negative_prompt, params)
                 image = Image.fromarray((np.clip(array, 0, 1) * 255).astype("uint8"))  # A1111 truncates
+                if plan is not None and plan.overlay is not None:  # the original pasted back, in 8 bits as A1111
+                    image = plan.finish(image)
+                    array = np.asarray(image, dtype=np.float32) / 255.0
                 results.append(GeneratedImage(image, seed, info, params, array))
         if not results and tracker.interrupted:
             raise GenerationInterrupted("generation interrupted before the first image finished")
@@ -318,17 +341,51 @@ class Generator:
         return replace(conditioning, prompt=hires.text,
                        negative=r.hires_negative_prompt or r.negative_prompt).hires_pass(first_choice, r.steps)
 
+    @staticmethod
+    def _inpaint_plan(r: ResolvedRequest) -> InpaintPlan | None:
+        """The request's mask planned once (`inpaint.plan_inpaint`); None without a mask."""
+        if r.mask is None:
+            return None
+        return plan_inpaint(r.init_image, r.mask, width=r.width, height=r.height, mask_blur=r.mask_blur,
+                            inpainting_fill=r.inpainting_fill, inpaint_full_res=r.inpaint_full_res,
+                            inpaint_full_res_padding=r.inpaint_full_res_padding,
+                            inpainting_mask_invert=r.inpainting_mask_invert)
+
+    def _img2img(self, kp: KPipeline, r: ResolvedRequest, choice, conditioning, seeds: list[int],
+                 subseeds: list[int], plan: InpaintPlan | None, common: dict) -> torch.Tensor:
+        """An img2img pass; with a mask A1111's inpainting: the planned (cropped, filled) image encoded, the masked
+        latents replaced for "latent noise" (the seeds' first noise) and "latent nothing" (zeros), the latent mask
+        blended in at every step, and a 9-channel model given the mask and the masked image."""
+        if plan is None:
+            image = r.init_image.convert("RGB").resize((r.width, r.height), Image.LANCZOS)
+        else:
+            image = plan.image
+        init = kp.encode([image] * len(seeds))
+        extra: dict[str, Any] = {}
+        if plan is not None and plan.mask is not None:
+            mask = torch.from_numpy(plan.latent_mask(init.shape[-1], init.shape[-2]))[None, None].to(init)
+            if plan.fill == "latent noise":
+                noise = self._noise(kp, r, seeds, subseeds).first_noise(tuple(init.shape)).to(init)
+                init = init * (1 - mask) + noise * mask
+            elif plan.fill == "latent nothing":
+                init = init * (1 - mask)
+            extra["latent_mask"] = mask
+            if kp.inpainting:
+                extra["image_conditioning"] = kp.image_conditioning(
+                    plan.image, conditioning_mask(plan.mask, r.width, r.height), r.width, r.height)
+        return kp.img2img(choice, conditioning, seeds, init, steps=r.steps, strength=r.strength, **common, **extra)
+
     def _run_batch(self, r: ResolvedRequest, choices, seeds: list[int], subseeds: list[int], conds,
-                   tracker: _StepTracker) -> np.ndarray:
-        """One batch through A1111's sampling path: txt2img or img2img, then the hires pass."""
+                   tracker: _StepTracker, plan: InpaintPlan | None = None) -> np.ndarray:
+        """One batch through A1111's sampling path: txt2img or img2img (inpainting with `plan`), then the hires
+        pass."""
         kp, (choice, hires_choice), (conditioning, hires_conditioning) = self.sampling(), choices, conds
         common = dict(cfg_scale=r.cfg_scale, guidance_rescale=r.guidance_rescale, callback=tracker.on_step,
                       noise=self._noise(kp, r, seeds, subseeds))
         latents = None
         with tracker.pass_of(r.steps if r.init_image is None else img2img_steps(r.steps, r.strength, False)[1] + 1):
             if r.init_image is not None:
-                init = kp.encode([r.init_image.convert("RGB").resize((r.width, r.height), Image.LANCZOS)] * len(seeds))
-                latents = kp.img2img(choice, conditioning, seeds, init, steps=r.steps, strength=r.strength, **common)
+                latents = self._img2img(kp, r, choice, conditioning, seeds, subseeds, plan, common)
             else:
                 latents = kp.txt2img(choice, conditioning, seeds, width=r.width, height=r.height, steps=r.steps,
                                      **common)
@@ -370,7 +427,9 @@ class Generator:
             init = hr.upscale_latents(latents, target, r.hires_upscaler)
         else:
             pixels = [Image.fromarray((np.clip(a, 0, 1) * 255).astype("uint8")) for a in first]  # A1111 truncates
-            init = kp.encode([hr.upscale_image(im, target, r.hires_upscaler) for im in pixels])
+            upscaler = self._hires_upscaler(r.hires_upscaler)[1] or r.hires_upscaler  # a model's file, or built-in
+            init = kp.encode([hr.upscale_image(im, target, upscaler, allow_pickle=self.allow_pickle, device=kp.device)
+                              for im in pixels])
         init = hr.crop_latents(init, target)
         steps = r.hires_steps or r.steps
         with tracker.pass_of(steps):
@@ -382,6 +441,14 @@ class Generator:
                                      noise=self._noise(kp, r, seeds, subseeds), size=(target.width, target.height))
         return kp.decode(self._final(tracker, latents))
 
+    def _hires_upscaler(self, ref: str) -> tuple[str, Path | None]:
+        """(name, model file or None) of a hires upscaler (`hires.find_hires_upscaler` over `upscaler_dir`)."""
+        name, path = hr.find_hires_upscaler(ref, self.upscaler_dirs, known=self._known_upscalers,
+                                            allow_pickle=self.allow_pickle)
+        if path is not None:
+            self._known_upscalers[name] = path  # the file this name means now (a path given replaces it)
+        return name, path
+
     def _check(self, tracker: _StepTracker, images, seeds: list[int]) -> None:
         """The NaN check of one pass: its final latents (unet), then its decoded pixels (vae)."""
         if self.nan_check:
@@ -389,7 +456,7 @@ class Generator:
         tracker.latents = None
 
     def _parameters(self, r: ResolvedRequest, choices, seed: int, subseed: int, loras: list[tuple[str, Path, float]],
-                    ti_hashes: str | None = None) -> dict[str, Any]:
+                    ti_hashes: str | None = None, plan: InpaintPlan | None = None) -> dict[str, Any]:
         """The infotext fields, in A1111 1.10's order (`infotext` lists them and how they read back)."""
         from animegen.models.lora import lora_hash
 
@@ -409,6 +476,8 @@ class Generator:
             "Variation seed": subseed if variation else None,
             "Variation seed strength": f"{r.subseed_strength:g}" if variation else None,
             "Denoising strength": r.strength if r.init_image is not None else (r.hires_denoise if r.hires else None),
+            "Conditional mask weight": "1.0" if self.sampling().inpainting else None,
+            **inpaint_fields(r, plan),
             "Clip skip": r.clip_skip if r.clip_skip > 1 else None,
             **noise_fields(r.rng, r.eta_noise_seed_delta, sampler_uses_ensd=ensd),
             "Emphasis": r.emphasis if r.emphasis != "Original" else None,

@@ -14,14 +14,25 @@ Contract (A1111 `processing.calculate_target_resolution`, `sample_hr_pass`, `sha
   resize to int(side * s) with s = max(W / w, H / h), then Lanczos to (side * s) // 8 * 8, then Lanczos to W x H
   (A1111's Upscaler.upscale then resize_image); "None" is one Lanczos resize. The result is VAE-encoded at its
   own size (not rounded to 8), as A1111 encodes it.
+- Model upscalers (ESRGAN / Real-ESRGAN / SRVGG files, `models.upscalers`) are pixel upscalers too: the 8-bit
+  first pass is upscaled by s with the network (`models.upscalers.upscale_image`: passes until it covers
+  (side * s) // 8 * 8, then Lanczos to that) and Lanczos-resized to W x H, as A1111's resize_image with an
+  ESRGAN upscaler (decode -> upscale -> encode).
 
-Where we differ: ESRGAN-type model upscalers (R-ESRGAN, 4x-UltraSharp, SwinIR, LDSR, ...) are refused naming
-the field: animegen ships no upscaler networks.
+Names: `hires_upscaler(name)` is the request-level check: a built-in (any case) comes back canonical, any other
+non-empty name is kept as given, since only the generator knows its upscaler folders.
+`find_hires_upscaler(name, folders, ...)` resolves a name where the folders are known (the engine before any
+sampling, the CLI and the server before queueing): a built-in, a model file's stem in the folders
+(`models.upscalers.listing`; exact, else ignoring case), or (`allow_path`, for trusted callers) a file's path;
+anything else is an error listing every valid name.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from animegen.core.errors import AnimegenError
 
@@ -40,12 +51,40 @@ _LOOKUP = {name.lower(): name for name in HIRES_UPSCALERS}
 
 
 def hires_upscaler(name: object, field: str = "hires_upscaler") -> str:
-    """The canonical upscaler name for `name` (any case), or an error naming `field` and the choices."""
-    found = _LOOKUP.get(str(name).strip().lower())
-    if found is None:
-        raise AnimegenError(f"{field} {name!r} is not an upscaler animegen has (model upscalers such as ESRGAN are "
-                            f"not shipped); use one of: {', '.join(HIRES_UPSCALERS)}")
-    return found
+    """A built-in's canonical name (any case), else `name` as given: a model upscaler, resolved by the generator."""
+    text = str(name).strip() if isinstance(name, str | os.PathLike) else ""
+    if not text:
+        raise AnimegenError(f"{field} {name!r} is not an upscaler name; use one of: {', '.join(HIRES_UPSCALERS)}, "
+                            "or a model upscaler's name")
+    return _LOOKUP.get(text.lower(), text)
+
+
+def find_hires_upscaler(name: object, folders: Iterable[str | os.PathLike | None] = (), *,
+                        known: Mapping[str, Path] | None = None, allow_pickle: bool = False,
+                        allow_path: bool = True, field: str = "hires_upscaler") -> tuple[str, Path | None]:
+    """(name, model file or None for a built-in) of a hires upscaler (see the module docstring); `known` names
+    (files the caller was given by path before) win over the folders'. Unknown names are an error listing the
+    valid ones."""
+    text = hires_upscaler(name, field)
+    if text in HIRES_UPSCALERS:
+        return text, None
+    folders = [Path(f) for f in folders if f is not None]
+    from animegen.models.upscalers.listing import model_upscalers
+
+    models = {**model_upscalers(folders, allow_pickle=allow_pickle), **(known or {})}  # known names win
+    for candidate in (text, *(n for n in models if n.lower() == text.lower())):
+        if candidate in models:
+            return candidate, models[candidate]
+    path = Path(text).expanduser()
+    if allow_path and path.is_file():
+        from animegen.core.files import refuse_pickle_unless_allowed
+
+        refuse_pickle_unless_allowed(path, allow_pickle)
+        return path.stem, path
+    where = ", ".join(str(f) for f in folders) or "no upscaler folder given"
+    listed = ", ".join(models) or "none"
+    raise AnimegenError(f"{field} {text!r} is not an upscaler animegen has; use one of: {', '.join(HIRES_UPSCALERS)}"
+                        f", or a model upscaler in the upscaler folders ({where}): {listed}")
 
 
 @dataclass(frozen=True)
@@ -88,20 +127,23 @@ def crop_latents(latents, target: HiresTarget):
     return latents[:, :, ty // 2:latents.shape[2] - (ty + 1) // 2, tx // 2:latents.shape[3] - (tx + 1) // 2]
 
 
-def upscale_image(image, target: HiresTarget, upscaler: str):
-    """One 8-bit PIL image resized to the target by a pixel upscaler (A1111's resize_image, mode 0)."""
+def upscale_image(image, target: HiresTarget, upscaler: str | os.PathLike, *, allow_pickle: bool = False,
+                  device=None):
+    """One 8-bit PIL image resized to the target by a pixel upscaler: a built-in name or a model file's path
+    (A1111's resize_image, mode 0)."""
     from PIL import Image
+
+    from animegen.generate.upscale import upscaler_upscale  # its home; upscale imports this module
 
     w, h = target.width, target.height
     if upscaler != "None":
         scale = max(w / image.width, h / image.height)
-        if scale > 1.0:
-            resample = Image.LANCZOS if upscaler == "Lanczos" else Image.NEAREST
-            dest_w, dest_h = int(image.width * scale // 8 * 8), int(image.height * scale // 8 * 8)
-            # Upscaler.upscale repeats its step until the image covers dest: one resize by `scale` always does
-            image = image.resize((int(image.width * scale), int(image.height * scale)), resample=resample)
-            if image.size != (dest_w, dest_h):
-                image = image.resize((dest_w, dest_h), resample=Image.LANCZOS)
+        if scale > 1.0 and isinstance(upscaler, str) and upscaler in PIXEL_UPSCALERS:
+            image = upscaler_upscale(image, scale, upscaler)
+        elif scale > 1.0:
+            from animegen.models.upscalers import upscale_image as model_upscale
+
+            image = model_upscale(image, upscaler, scale, allow_pickle=allow_pickle, device=device)
     if image.size != (w, h):
         image = image.resize((w, h), resample=Image.LANCZOS)
     return image

@@ -19,7 +19,11 @@ Read, with A1111 1.10's meaning (`infotext_utils.parse_generation_parameters`, `
   Hires steps, Hires upscaler (missing = Latent, A1111's default mode), Hires sampler, Hires schedule type
   ("Use same ..." = unset), Hires prompt, Hires negative prompt, First pass size (the pre-1.0 hires fix, turned
   into Size + Hires resize as A1111 does), Hypernet (appended as a `<hypernet:...>` tag, as A1111 does; the
-  engine then warns it ignores it); Forge's Hires CFG Scale and Rescale CFG (CFG rescale, `guidance_rescale`).
+  engine then warns it ignores it); Forge's Hires CFG Scale and Rescale CFG (CFG rescale, `guidance_rescale`);
+  the inpainting settings Mask blur, Mask mode ("Inpaint not masked" = inverted), Masked content (missing =
+  original, which A1111 does not write), Inpaint area ("Only masked"; missing = whole picture), Masked area
+  padding, and Conditional mask weight (a 9-channel model's; only A1111's default 1 is accepted). The mask
+  itself is not in the infotext: give it (`mask=`) with the init image to inpaint again.
 Read, no effect on the request: Model hash, Model, VAE hash, VAE, Version, User, Lora hashes, TI hashes,
   Hashes, Init image hash, Hypernet hash, Hypernet strength (part of the Hypernet tag).
 Ignored with a warning (small numeric or no effect here): FP8 weight, Cache FP16 weight for LoRA, Downcast
@@ -29,14 +33,15 @@ Ignored with a warning (small numeric or no effect here): FP8 weight, Cache FP16
   timelines, DDIM/PLMS pad conds v0; < 1.7.0-225: downcast alphas_cumprod) are warned about the same way, and
   so is a pre-1.9 infotext whose bare sampler name meant the Uniform schedule then (read as 1.10 reads it).
 Refused, naming the field (`REFUSED`): what would change the image and animegen cannot do (refiner, hires
-  checkpoint, seed resize, tiling, face restoration, inpainting, token merging, custom sigma range / rho / eta /
+  checkpoint, seed resize, tiling, face restoration, token merging, custom sigma range / rho / eta /
   churn / UniPC options, NGMS, skip early CFG, TAESD VAE, the CFG Rescale extension's x0 rescale, Forge's Flux
   fields), unless its value is the default (e.g. "VAE Decoder: Full").
 
 Written (`Generator._parameters`): Steps, Sampler (canonical name), Schedule type (the label A1111 1.10's
 `get_sigmas` writes: the sampler's effective schedule, "Automatic" where it uses the model's own sigmas), CFG
-scale, Seed, Size, Model hash, Model, VAE, Denoising strength, Clip skip, ENSD, RNG, Variation seed (+
-strength), Emphasis, Rescale CFG, the Hires fields, Lora hashes, Version; each reads back to the same request.
+scale, Seed, Size, Model hash, Model, VAE, Denoising strength, Conditional mask weight (9-channel models), the
+inpainting fields (`inpaint_fields`, as A1111 writes them), Clip skip, ENSD, RNG, Variation seed (+ strength),
+Emphasis, Rescale CFG, the Hires fields, Lora hashes, Version; each reads back to the same request.
 Unlike A1111 we always write RNG (see `noise_fields`) and write ENSD for Restart and LCM, which draw from the
 ENSD-reseeded generators although A1111 omits it for them.
 """
@@ -154,8 +159,6 @@ REFUSED = {
     "Hires checkpoint": "a second checkpoint for the hires pass", "Refiner": "the SDXL refiner",
     "Refiner switch at": "the SDXL refiner", "Seed resize from": "seed resize", "Tiling": "seamless tiling",
     "Face restoration": "face restoration", "Image CFG scale": "instruct-pix2pix image guidance",
-    "Conditional mask weight": "inpainting conditioning", "Mask blur": "inpainting", "Mask mode": "inpainting",
-    "Masked content": "inpainting", "Inpaint area": "inpainting", "Masked area padding": "inpainting",
     "Token merging ratio": "token merging", "Token merging ratio hr": "token merging",
     "SGM noise multiplier": "the SGM noise multiplier", "Noise multiplier": "img2img's noise multiplier",
     "Extra noise": "hires extra noise", "Schedule max sigma": "a custom sigma range",
@@ -191,7 +194,10 @@ _READ = {"Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG 
          "Denoising strength", "RNG", "ENSD", "Eta noise seed delta", "Emphasis", "Variation seed",
          "Variation seed strength", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler",
          "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt", "Hires CFG Scale",
-         "Rescale CFG", "First pass size", "Hypernet"}
+         "Rescale CFG", "First pass size", "Hypernet", "Mask blur", "Mask mode", "Masked content", "Inpaint area",
+         "Masked area padding", "Conditional mask weight"}
+_MASK_MODES = {"Inpaint masked": False, "Inpaint not masked": True}
+_INPAINT_AREAS = {"Whole picture": False, "Only masked": True}
 _VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(?:-(\d+))?")
 log = logging.getLogger(__name__)
 
@@ -310,6 +316,7 @@ def request_fields(text: str) -> dict[str, Any]:
     if "Variation seed" in params:
         fields.update(subseed=_number(params, "Variation seed", int),
                       subseed_strength=_number(params, "Variation seed strength", float, 0.0))
+    fields.update(_inpaint_request_fields(params))
     if "Hires upscale" not in params and "Hires resize-1" not in params:
         if "Denoising strength" in params:  # txt2img writes it only with the hires fix: an img2img infotext
             fields["strength"] = _number(params, "Denoising strength", float)
@@ -331,6 +338,50 @@ def request_fields(text: str) -> dict[str, Any]:
                          "Hires sampler")
         fields.update(hires_sampler=hires.sampler.name, hires_schedule_type=hires.schedule.label)
     return fields
+
+
+def inpaint_fields(r, plan) -> dict[str, Any]:
+    """The inpainting fields of a `ResolvedRequest` run with an `inpaint.InpaintPlan`, as A1111's img2img writes
+    them: Mask blur when > 0, Mask mode only when inverted, Inpaint area and Masked area padding only for "Only
+    masked", Masked content except for "original"; nothing without a mask."""
+    if plan is None:
+        return {}
+    only_masked = plan.paste_to is not None
+    return {
+        "Mask blur": r.mask_blur if r.mask_blur > 0 else None,
+        "Mask mode": "Inpaint not masked" if r.inpainting_mask_invert else None,
+        "Inpaint area": "Only masked" if only_masked else None,
+        "Masked area padding": r.inpaint_full_res_padding if only_masked else None,
+        "Masked content": r.inpainting_fill if r.inpainting_fill != "original" else None,
+    }
+
+
+def _choice(params: dict[str, Any], key: str, choices: dict[str, bool]) -> bool | None:
+    if key not in params:
+        return None
+    if params[key] not in choices:
+        raise AnimegenError(f"infotext {key}: {params[key]!r} is not A1111's; use {' or '.join(choices)}")
+    return choices[params[key]]
+
+
+def _inpaint_request_fields(params: dict[str, Any]) -> dict[str, Any]:
+    """The inpainting request fields an infotext holds (only those present; see the module docstring)."""
+    from animegen.generate.inpaint import inpainting_fill_name
+
+    weight = _number(params, "Conditional mask weight", float, 1.0)
+    if weight != 1.0:
+        raise AnimegenError(f"infotext Conditional mask weight: {params['Conditional mask weight']!r} asks for a "
+                            "partial inpainting mask weight, which animegen cannot reproduce (it uses A1111's "
+                            "default 1.0); remove the field to generate with 1.0")
+    found = {
+        "mask_blur": _number(params, "Mask blur", int),
+        "inpainting_mask_invert": _choice(params, "Mask mode", _MASK_MODES),
+        "inpaint_full_res": _choice(params, "Inpaint area", _INPAINT_AREAS),
+        "inpaint_full_res_padding": _number(params, "Masked area padding", int),
+        "inpainting_fill": (inpainting_fill_name(params["Masked content"], "infotext Masked content:")
+                            if "Masked content" in params else None),
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def png_with_infotext(image: Image.Image, infotext: str) -> PngImagePlugin.PngInfo:

@@ -11,6 +11,13 @@ scheduler config read by `schedules.DiscreteSchedule`; latents are `scaling_fact
 decoded pixels are (x + 1) / 2 clamped to [0, 1], as A1111 and diffusers do. A half-precision VAE whose
 config asks for `force_upcast` runs in float32 for that call only.
 
+Inpainting. `img2img(latent_mask=)` blends the init latents back in at every step (`samplers.sample_img2img`).
+A 9-channel inpainting UNet (`models.detect.is_inpainting_unet`) gets [latents, mask, masked-image latents]
+as its input (A1111's c_concat and diffusers' order): `image_conditioning(image, mask)` builds the last five
+channels (`generate.inpaint`'s conditioning mask, the VAE latents of image * (1 - mask)); a pass given none
+(txt2img, img2img without a mask, the hires pass) is conditioned on a full mask over a gray image, as A1111's
+"inpainting model used for txt2img".
+
 `encode` takes images at their own size (a hires target need not be a multiple of 8: the VAE's strides drop
 the rest, as in A1111) and `img2img(size=...)` is SDXL's size conditioning for the hires pass (A1111 conditions
 it on the upscale target). Where we differ from A1111: img2img encodes the init image to the VAE posterior's mean, where A1111
@@ -30,6 +37,7 @@ from animegen.generate.denoiser import CFGDenoiser
 from animegen.generate.rng import ImageRNG
 from animegen.generate.samplers import SamplerChoice, sample_img2img, sample_txt2img
 from animegen.generate.schedules import DiscreteSchedule
+from animegen.models.detect import is_inpainting_unet
 
 
 class KPipeline:
@@ -40,6 +48,8 @@ class KPipeline:
         config = dict(pipe.scheduler.config)
         self.prediction_type = config.get("prediction_type", "epsilon")
         self.schedule = DiscreteSchedule.from_config(config, is_sdxl=is_sdxl, zero_terminal_snr=zero_terminal_snr)
+        self.inpainting = is_inpainting_unet(pipe.unet)
+        self._full_mask: dict[tuple[int, int], torch.Tensor] = {}  # latent (h, w) -> txt2img image conditioning
 
     @property
     def device(self) -> torch.device:
@@ -86,11 +96,47 @@ class KPipeline:
             return unet(x.to(dtype), t.to(x.device), encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
                         return_dict=False, **extra)[0]
 
+    def _with_image(self, image_conditioning: torch.Tensor | None):
+        """A 9-channel UNet's function: its input is [x, mask, masked-image latents] (one row for every image)."""
+        if not self.inpainting:
+            return self._unet_fn
+
+        def unet_fn(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+            extra = image_conditioning
+            if extra is None:
+                extra = self.image_conditioning(None, None, x.shape[-1] * 8, x.shape[-2] * 8)
+            extra = extra.to(x.device, x.dtype).expand(x.shape[0], -1, -1, -1)
+            return self._unet_fn(torch.cat([x, extra], dim=1), t, cond)
+        return unet_fn
+
+    def image_conditioning(self, image, mask: np.ndarray | None, width: int, height: int) -> torch.Tensor:
+        """The (1, 5, h/8, w/8) extra input of a 9-channel UNet: the conditioning mask (1 = inpaint, nearest-
+        downsampled) and the latents of the pixels (in [-1, 1]; gray without an image) times (1 - mask)."""
+        key = (height, width)
+        if image is None and mask is None and key in self._full_mask:
+            return self._full_mask[key]
+        from animegen.generate.inpaint import conditioning_mask
+
+        cmask = torch.from_numpy(conditioning_mask(None, width, height) if mask is None else mask)[None, None]
+        if image is None:
+            pixels = torch.zeros(1, 3, height, width)
+        else:
+            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+            pixels = pixels.permute(2, 0, 1)[None] * 2.0 - 1.0
+        latents = self._encode_pixels(pixels * (1.0 - cmask))
+        small = torch.nn.functional.interpolate(cmask.to(latents), size=latents.shape[-2:])
+        out = torch.cat([small, latents], dim=1)
+        if image is None and mask is None:
+            self._full_mask[key] = out
+        return out
+
     def denoiser(self, choice: SamplerChoice, conditioning, cfg_scale: float, width: int, height: int,
-                 guidance_rescale: float = 0.0, steps: int = 1) -> CFGDenoiser:
-        """The pass's denoiser; `steps` (the requested steps of the pass) spans a `PromptConditioning`'s schedules."""
+                 guidance_rescale: float = 0.0, steps: int = 1,
+                 image_conditioning: torch.Tensor | None = None) -> CFGDenoiser:
+        """The pass's denoiser; `steps` (the requested steps of the pass) spans a `PromptConditioning`'s schedules;
+        `image_conditioning` is a 9-channel model's (default: a full mask, see the module docstring)."""
         cond, uncond = self._conditions(conditioning, width, height, steps, choice)
-        return CFGDenoiser(self._unet_fn, self.schedule, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
+        return CFGDenoiser(self._with_image(image_conditioning), self.schedule, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
                            prediction_type=self.prediction_type, guidance_rescale=guidance_rescale,
                            lcm=choice.sampler.kind == "lcm")
 
@@ -112,7 +158,11 @@ class KPipeline:
         """RGB images (PIL, one size) to scaled latents (posterior mean), at their own size: no resize, so a hires
         target that is not a multiple of 8 is encoded as A1111 encodes it (the VAE's strides drop the rest)."""
         array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
-        pixels = (torch.from_numpy(array).permute(0, 3, 1, 2) * 2.0 - 1.0).to(self.device)
+        return self._encode_pixels(torch.from_numpy(array).permute(0, 3, 1, 2) * 2.0 - 1.0)
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [-1, 1] to scaled latents (posterior mean)."""
+        pixels = pixels.to(self.device)
 
         def run(vae, dtype):
             z = vae.encode(pixels.to(dtype)).latent_dist.mean.to(torch.float32)
@@ -134,7 +184,7 @@ class KPipeline:
                 steps: int, cfg_scale: float, guidance_rescale: float = 0.0, callback=None,
                 noise: ImageRNG | None = None) -> torch.Tensor:
         """Final latents of a txt2img pass (one image per seed; `noise` defaults to CPU generators)."""
-        shape = (len(seeds), self.pipe.unet.config.in_channels, height // 8, width // 8)
+        shape = (len(seeds), self.pipe.unet.config.out_channels, height // 8, width // 8)
         noise = noise or ImageRNG(seeds, source="CPU", device=self.device)
         den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale, steps)
         return sample_txt2img(choice, den, noise, shape, steps, callback=callback)
@@ -142,14 +192,18 @@ class KPipeline:
     def img2img(self, choice: SamplerChoice, conditioning, seeds: list[int], init: torch.Tensor, *,
                 steps: int, strength: float, cfg_scale: float, fixed_steps: bool = False,
                 guidance_rescale: float = 0.0, callback=None, noise: ImageRNG | None = None,
-                size: tuple[int, int] | None = None) -> torch.Tensor:
+                size: tuple[int, int] | None = None, latent_mask: torch.Tensor | None = None,
+                image_conditioning: torch.Tensor | None = None) -> torch.Tensor:
         """Final latents of an img2img pass from scaled init latents `init` (a fresh ImageRNG per pass); `size`
-        (width, height) is SDXL's size conditioning, default the latents' (A1111's hires pass: its target)."""
+        (width, height) is SDXL's size conditioning, default the latents' (A1111's hires pass: its target).
+        Inpainting: `latent_mask` (1 = regenerate) and a 9-channel model's `image_conditioning`."""
         width, height = size or (init.shape[-1] * 8, init.shape[-2] * 8)
         noise = noise or ImageRNG(seeds, source="CPU", device=self.device)
-        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale, steps)
+        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale, steps,
+                            image_conditioning)
+        mask = None if latent_mask is None else latent_mask.to(self.device)
         return sample_img2img(choice, den, noise, init.to(self.device), steps, strength, fixed_steps=fixed_steps,
-                              callback=callback)
+                              callback=callback, latent_mask=mask)
 
 
 def _latent_stats(vae, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:

@@ -19,6 +19,7 @@ from animegen.core.errors import AnimegenError
 from animegen.core.keywords import checked_keywords
 from animegen.generate.hires import DEFAULT_HIRES_UPSCALER
 from animegen.generate.infotext import request_fields
+from animegen.generate.inpaint import InpaintingFill, inpainting_fill_name
 
 DEFAULT_SAMPLER = "Euler a"
 DEFAULT_STEPS = 28
@@ -56,7 +57,8 @@ class GenerationRequest:
             `<lora:name:0.8>` tags and textual-inversion names.
         negative_prompt: what to steer away from; "" takes the preset's negative prompt.
         preset: prompt template applied to the prompt (`animegen presets`: animagine, dashanime, danbooru, none,
-            or one from the generator's preset file); it also recommends sampler, steps, CFG and size.
+            or one from the generator's preset file; "auto": the model's own, e.g. pony-v6); it also recommends
+            sampler, steps, CFG, size, clip skip and CFG rescale.
         sampler: an A1111 sampler name (`animegen samplers`), e.g. "Euler a", "DPM++ 2M" or "DPM++ 2M Karras";
             None: the preset's, else "Euler a".
         schedule_type: A1111's "Schedule type" (Karras, Exponential, ...); None or "Automatic": the sampler's own.
@@ -65,7 +67,7 @@ class GenerationRequest:
         seed: the first image's seed, 0..2**32-1; image k uses seed + k; -1 picks one at random.
         width: image width in pixels, a multiple of 8 and at least 64; None: the preset's, else the model's.
         height: image height, as `width`.
-        clip_skip: A1111's "Clip skip" (1 = the last layer); SDXL and SD2 always use their fixed layer.
+        clip_skip: A1111's "Clip skip" (1 = the last layer, or the preset's); SDXL and SD2 always use their fixed layer.
         loras: LoRAs to merge, as (file path or name in the generator's `lora_dir`, multiplier); the multiplier is
             a float or A1111's te/unet split {"text_encoder": te, "unet": unet}. Same as `<lora:...>` tags.
         n: number of images; image k has seed + k.
@@ -76,8 +78,8 @@ class GenerationRequest:
         hires_scale: hires fix upscale factor (≥ 1; 1 = none unless `hires`).
         hires_steps: steps of the hires pass; 0: the same as `steps`.
         hires_denoise: denoising strength of the hires pass, in (0, 1].
-        hires_upscaler: how the first pass is enlarged: "Latent" and its variants, "Lanczos", "Nearest", "None"
-            (`generate.hires`).
+        hires_upscaler: how the first pass is enlarged: "Latent" and its variants, "Lanczos", "Nearest", "None",
+            or a model upscaler: a file's stem in the generator's `upscaler_dir`, or its path (`generate.hires`).
         hires_resize_x: A1111's hr_resize_x ("Hires resize: WxH"): resize to this width instead of
             `hires_scale`; 0: unset.
         hires_resize_y: the same for the height.
@@ -91,8 +93,18 @@ class GenerationRequest:
         eta_noise_seed_delta: A1111's ENSD: ancestral and SDE noise are seeded with seed + this.
         subseed: A1111's variation seed; image k uses subseed + k; -1 picks one.
         subseed_strength: how much of the variation seed's noise to blend in, in [0, 1]; 0 = no variation.
-        guidance_rescale: CFG rescale phi in [0, 1] (Lin et al. 2023; Forge's "Rescale CFG"); 0 = off.
+        guidance_rescale: CFG rescale phi in [0, 1] (Lin et al. 2023; Forge's "Rescale CFG"); 0 = off (or the preset's).
         emphasis: A1111's emphasis mode: "Original", "No norm", "Ignore" or "None".
+        mask: an inpainting mask for `init_image` (white = regenerate, black = keep; an RGBA mask's alpha where
+            it has transparency), resized to the image's size when it differs; None: plain img2img.
+            `generate.inpaint` has the maths and `outpaint_canvas` makes a mask for outpainting.
+        mask_blur: A1111's "Mask blur": Gaussian sigma in pixels applied to the mask's edges (≥ 0; 0 = none).
+        inpainting_fill: A1111's "Masked content": "fill" (the surrounding colours), "original", "latent noise"
+            or "latent nothing" (A1111's API numbers 0..3).
+        inpaint_full_res: A1111's "Inpaint area: Only masked": sample only the mask's box (plus the padding),
+            enlarged to width x height, and paste it back; False: the whole picture.
+        inpaint_full_res_padding: "Masked area padding": pixels added around the mask's box (only masked).
+        inpainting_mask_invert: A1111's "Mask mode: Inpaint not masked": regenerate the black part instead.
     """
 
     prompt: str
@@ -129,6 +141,12 @@ class GenerationRequest:
     subseed_strength: float = 0.0
     guidance_rescale: float = 0.0
     emphasis: str = "Original"
+    mask: Image.Image | None = None
+    mask_blur: int = 4
+    inpainting_fill: InpaintingFill = "original"
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and a value that would work."""
@@ -161,6 +179,13 @@ class GenerationRequest:
             (-1 <= self.subseed <= MAX_SEED, f"subseed must be -1 (random) or 0..{MAX_SEED}, got {self.subseed}"),
             (0 <= self.subseed_strength <= 1, f"subseed_strength must be in [0, 1], got {self.subseed_strength}"),
             (0 <= self.guidance_rescale <= 1, f"guidance_rescale must be in [0, 1] (0 = off), got {self.guidance_rescale}"),
+            (self.mask is None or self.init_image is not None,
+             "mask needs an init_image to inpaint: give init_image too (or drop mask for txt2img)"),
+            (self.mask is None or not (self.hires or self.hires_scale > 1 or self.hires_resize_x or self.hires_resize_y),
+             "mask (inpainting) and hires (the hires fix) cannot be combined, as in A1111: drop one of them"),
+            (self.mask_blur >= 0, f"mask_blur must be ≥ 0 (0 = a hard edge), got {self.mask_blur}"),
+            (self.inpaint_full_res_padding >= 0,
+             f"inpaint_full_res_padding must be ≥ 0 pixels, got {self.inpaint_full_res_padding}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -173,6 +198,10 @@ class GenerationRequest:
                              f"{', '.join(EMPHASIS_MODES)}")
         for name, weight in self.loras:
             lora_multiplier(name, weight)
+        try:
+            inpainting_fill_name(self.inpainting_fill)
+        except AnimegenError as exc:
+            raise ValueError(str(exc)) from None
 
 
 def lora_multiplier(name: str, weight) -> float | dict[str, float]:
@@ -252,16 +281,25 @@ class ResolvedRequest:
     subseed_strength: float
     guidance_rescale: float
     emphasis: str
+    mask: Image.Image | None = None
+    mask_blur: int = 4
+    inpainting_fill: InpaintingFill = "original"
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: bool = False
 
 
-def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> ResolvedRequest:
-    """Fill a request's gaps from its preset and the model family's default size."""
+def resolve(request: GenerationRequest, default_size: int, preset_file=None, model=None) -> ResolvedRequest:
+    """Fill a request's gaps from its preset and the model family's default size.
+
+    `model` (path or hub id) is what `preset="auto"` recognises its preset from (`prompts.presets.detect_preset`).
+    """
     from animegen.generate.hires import hires_upscaler
     from animegen.generate.rng import ensd_value, rng_source
     from animegen.prompts.presets import build_prompt, get_preset
 
     request.validate()
-    preset = get_preset(request.preset, preset_file) if request.preset not in ("", None) else None
+    preset = get_preset(request.preset, preset_file, model=model) if request.preset not in ("", None) else None
     prompt = build_prompt(preset, request.prompt) if preset is not None else request.prompt
     negative = request.negative_prompt or (preset.negative if preset is not None else "")
     base_seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED - request.n)
@@ -276,6 +314,11 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
                 return value
         return default
 
+    def unless_default(name: str, default):
+        """Fields whose unset value is their default (clip skip 1, CFG rescale 0): else the preset's value."""
+        value = getattr(request, name)
+        return value if value != default else (getattr(preset, name, None) or default)
+
     cfg_scale = setting("cfg_scale", DEFAULT_CFG)
     return ResolvedRequest(
         prompt=prompt,
@@ -287,7 +330,7 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
         seeds=tuple(range(base_seed, base_seed + request.n)),
         width=setting("width", default_size),
         height=setting("height", default_size),
-        clip_skip=request.clip_skip,
+        clip_skip=unless_default("clip_skip", 1),
         loras=tuple((str(p), lora_multiplier(str(p), w)) for p, w in request.loras),
         batch_size=request.batch_size,
         init_image=request.init_image,
@@ -308,8 +351,14 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None) -> 
         eta_noise_seed_delta=ensd_value(request.eta_noise_seed_delta),
         subseeds=tuple(range(base_subseed, base_subseed + request.n)),
         subseed_strength=request.subseed_strength,
-        guidance_rescale=request.guidance_rescale,
+        guidance_rescale=unless_default("guidance_rescale", 0.0),
         emphasis=request.emphasis,
+        mask=request.mask,
+        mask_blur=request.mask_blur,
+        inpainting_fill=inpainting_fill_name(request.inpainting_fill),
+        inpaint_full_res=request.inpaint_full_res,
+        inpaint_full_res_padding=request.inpaint_full_res_padding,
+        inpainting_mask_invert=request.inpainting_mask_invert,
     )
 
 

@@ -2,7 +2,7 @@
 
 Contract. `SAMPLERS` are A1111 1.10's names (what Civitai infotexts carry) with its aliases (`k_euler_a`,
 `euler_a`) and options (`scheduler`: the schedule "Automatic" picks; `discard_next_to_last_sigma`;
-`brownian_noise`; `solver_type`). `resolve_sampler(name, schedule_type)` accepts a 1.10 name plus
+`brownian_noise`; `solver_type`), kept torch-free in `sampler_names`. `resolve_sampler(name, schedule_type)` accepts a 1.10 name plus
 "Schedule type", or a pre-1.9 name with the schedule as a suffix ("DPM++ 2M Karras", "DPM++ 2M SDE
 Exponential"), as A1111's `get_sampler_and_scheduler` does; "Automatic" means the sampler's default, so
 "DPM++ 2M" is Karras and "DPM++ 2M SDE" Exponential, as in A1111 1.10 (and unlike A1111 before 1.9).
@@ -30,13 +30,13 @@ import torch
 
 from animegen.generate import k_samplers as k
 from animegen.generate import timestep_samplers as ts
+from animegen.generate.sampler_names import SAMPLER_NAMES, resolve_sampler_name
 from animegen.generate.schedules import (
     SCHEDULE_TYPES,
     DiscreteSchedule,
     LCMSchedule,
     ScheduleType,
     find_schedule_type,
-    resolve_schedule_type,
     schedule_sigmas,
 )
 
@@ -52,46 +52,19 @@ class Sampler:
     kind: str = "sigmas"  # "sigmas" (k-diffusion), "timesteps" (DDIM/PLMS/UniPC), "lcm"
 
 
-_KARRAS = {"scheduler": "karras"}
-_EXP = {"scheduler": "exponential"}
-_DISCARD = {"discard_next_to_last_sigma": True}
-_BROWNIAN = {"brownian_noise": True}
-
-SAMPLERS: dict[str, Sampler] = {
-    s.name: s
-    for s in (
-        Sampler("DPM++ 2M", k.sample_dpmpp_2m, ("k_dpmpp_2m", "dpmpp_2m"), dict(_KARRAS)),
-        Sampler("DPM++ SDE", k.sample_dpmpp_sde, ("k_dpmpp_sde", "dpmpp_sde"),
-                {**_KARRAS, "second_order": True, **_BROWNIAN}),
-        Sampler("DPM++ 2M SDE", k.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde", "dpmpp_2m_sde"), {**_EXP, **_BROWNIAN}),
-        Sampler("DPM++ 2M SDE Heun", k.sample_dpmpp_2m_sde, ("k_dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun"),
-                {**_EXP, **_BROWNIAN, "solver_type": "heun"}),
-        Sampler("DPM++ 2S a", k.sample_dpmpp_2s_ancestral, ("k_dpmpp_2s_a", "dpmpp_2s_a"),
-                {**_KARRAS, "uses_ensd": True, "second_order": True}),
-        Sampler("DPM++ 3M SDE", k.sample_dpmpp_3m_sde, ("k_dpmpp_3m_sde", "dpmpp_3m_sde"),
-                {**_EXP, **_DISCARD, **_BROWNIAN}),
-        Sampler("Euler a", k.sample_euler_ancestral, ("k_euler_a", "k_euler_ancestral", "euler_a",
-                                                      "euler_ancestral"), {"uses_ensd": True}),
-        Sampler("Euler", k.sample_euler, ("k_euler", "euler")),
-        Sampler("LMS", k.sample_lms, ("k_lms", "lms")),
-        Sampler("Heun", k.sample_heun, ("k_heun", "heun"), {"second_order": True}),
-        Sampler("DPM2", k.sample_dpm_2, ("k_dpm_2", "dpm2"), {**_KARRAS, **_DISCARD, "second_order": True}),
-        Sampler("DPM2 a", k.sample_dpm_2_ancestral, ("k_dpm_2_a", "dpm2_a"),
-                {**_KARRAS, **_DISCARD, "uses_ensd": True, "second_order": True}),
-        Sampler("Restart", k.sample_restart, ("restart",), {**_KARRAS, "second_order": True}),
-        Sampler("DDIM", ts.sample_ddim, ("ddim",), kind="timesteps"),
-        Sampler("PLMS", ts.sample_plms, ("plms", "pndm"), kind="timesteps"),
-        Sampler("UniPC", ts.sample_unipc, ("unipc",), kind="timesteps"),
-        Sampler("LCM", k.sample_lcm, ("k_lcm", "lcm"), kind="lcm"),
-    )
+# the names, aliases and options are `sampler_names`' (torch-free); here each name gets the function that runs it
+_FUNCTIONS: dict[str, Callable] = {
+    "DPM++ 2M": k.sample_dpmpp_2m, "DPM++ SDE": k.sample_dpmpp_sde, "DPM++ 2M SDE": k.sample_dpmpp_2m_sde,
+    "DPM++ 2M SDE Heun": k.sample_dpmpp_2m_sde, "DPM++ 2S a": k.sample_dpmpp_2s_ancestral,
+    "DPM++ 3M SDE": k.sample_dpmpp_3m_sde, "Euler a": k.sample_euler_ancestral, "Euler": k.sample_euler,
+    "LMS": k.sample_lms, "Heun": k.sample_heun, "DPM2": k.sample_dpm_2, "DPM2 a": k.sample_dpm_2_ancestral,
+    "Restart": k.sample_restart, "DDIM": ts.sample_ddim, "PLMS": ts.sample_plms, "UniPC": ts.sample_unipc,
+    "LCM": k.sample_lcm,
 }
 
-
-def _key(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").split())
-
-
-_LOOKUP = {_key(alias): s for s in SAMPLERS.values() for alias in (s.name, *s.aliases)}
+SAMPLERS: dict[str, Sampler] = {
+    n.name: Sampler(n.name, _FUNCTIONS[n.name], n.aliases, n.options, n.kind) for n in SAMPLER_NAMES.values()
+}
 
 
 @dataclass(frozen=True)
@@ -115,21 +88,10 @@ class SamplerChoice:
 
 
 def resolve_sampler(name: str, schedule_type: str | None = None) -> SamplerChoice:
-    """A sampler by A1111 name or alias (any case), with "Schedule type" or a schedule suffix on the name."""
-    key, schedule = _key(name), resolve_schedule_type(schedule_type)
-    if key not in _LOOKUP:
-        for kind in SCHEDULE_TYPES.values():  # pre-1.9 names: "DPM++ 2M Karras"; the suffix wins, as in A1111
-            for option in (kind.label, kind.name, *kind.aliases):
-                if key.endswith(" " + _key(option)) and key[: -len(_key(option)) - 1] in _LOOKUP:
-                    key, schedule = key[: -len(_key(option)) - 1], kind
-    if key not in _LOOKUP:
-        extra = f" with schedule type {schedule_type!r}" if schedule_type else ""
-        raise ValueError(f"unknown sampler {name!r}{extra}; valid samplers: {', '.join(SAMPLERS)} "
-                         f"(schedule types: {', '.join(SCHEDULE_TYPES)})")
-    sampler = _LOOKUP[key]
-    if schedule.name == sampler.options.get("scheduler"):
-        schedule = SCHEDULE_TYPES["Automatic"]  # A1111's convert_automatic
-    return SamplerChoice(sampler, schedule)
+    """A sampler by A1111 name or alias (any case), with "Schedule type" or a schedule suffix on the name
+    (`sampler_names.resolve_sampler_name`: unknown names are errors with a "did you mean")."""
+    sampler, schedule = resolve_sampler_name(name, schedule_type)
+    return SamplerChoice(SAMPLERS[sampler.name], SCHEDULE_TYPES[schedule.label])
 
 
 def sampler_sigmas(choice: SamplerChoice, steps: int, schedule: DiscreteSchedule) -> torch.Tensor:
@@ -176,9 +138,39 @@ def sample_txt2img(choice: SamplerChoice, denoiser, noise, shape: tuple[int, ...
     return _run(choice, denoiser, first * sigmas[0].to(first.device), sigmas, sigmas, noise, callback)
 
 
+class MaskedDenoiser:
+    """A1111 1.10's inpainting blend inside `CFGDenoiser.forward`, over any denoiser: with `mask` m (1 = regenerate,
+    broadcast over the latents) every denoised prediction becomes D * m + x0 * (1 - m) (sigma samplers); the
+    timestep samplers (DDIM, PLMS, UniPC; A1111's `mask_before_denoising`) see x * m + x0 * (1 - m) instead."""
+
+    def __init__(self, denoiser, x0: torch.Tensor, mask: torch.Tensor):
+        self.inner, self.x0, self.mask = denoiser, x0, mask.to(x0)
+
+    def blend(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask + self.x0 * (1 - self.mask)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.blend(self.inner(x, sigma))
+
+    def eps(self, x: torch.Tensor, timestep: float) -> torch.Tensor:
+        return self.inner.eps(self.blend(x), timestep)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 def sample_img2img(choice: SamplerChoice, denoiser, noise, x0: torch.Tensor, steps: int,
-                   strength: float, *, fixed_steps: bool = False, callback=None) -> torch.Tensor:
-    """Latents from `x0` noised to `strength`: A1111's `sample_img2img` (t_enc + 1 steps of the schedule)."""
+                   strength: float, *, fixed_steps: bool = False, callback=None,
+                   latent_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents from `x0` noised to `strength`: A1111's `sample_img2img` (t_enc + 1 steps of the schedule).
+
+    `latent_mask` (1 = regenerate, 0 = keep `x0`): inpainting's blend at every denoiser call (`MaskedDenoiser`)
+    and of the final latents, result * m + x0 * (1 - m), as A1111's img2img `sample` does."""
+    if latent_mask is not None:
+        mask = latent_mask.to(x0)
+        out = sample_img2img(choice, MaskedDenoiser(denoiser, x0, mask), noise, x0, steps, strength,
+                             fixed_steps=fixed_steps, callback=callback)
+        return out * mask + x0 * (1 - mask)
     total, t_enc = img2img_steps(steps, strength, fixed_steps)
     first = noise.first_noise(tuple(x0.shape)).to(x0)
     if choice.sampler.kind == "timesteps":

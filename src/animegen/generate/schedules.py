@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from animegen.core.errors import AnimegenError
+from animegen.generate.sampler_names import SCHEDULE_NAMES, find_schedule_name, resolve_schedule_name
 
 ZTSNR_LAST_ALPHA_CUMPROD = 4.8973451890853435e-08  # A1111's rescale_zero_terminal_snr_abar
 BETA_ALPHA = BETA_BETA = 0.6  # A1111's defaults for the Beta schedule (beta_dist_alpha / beta_dist_beta)
@@ -210,43 +211,27 @@ class ScheduleType:
     aliases: tuple[str, ...] = ()
 
 
-SCHEDULE_TYPES: dict[str, ScheduleType] = {
-    s.label: s
-    for s in (
-        ScheduleType("automatic", "Automatic", None),
-        ScheduleType("uniform", "Uniform", uniform),
-        ScheduleType("karras", "Karras", karras),
-        ScheduleType("exponential", "Exponential", exponential),
-        ScheduleType("polyexponential", "Polyexponential", polyexponential),
-        ScheduleType("sgm_uniform", "SGM Uniform", sgm_uniform, aliases=("SGMUniform",)),
-        ScheduleType("kl_optimal", "KL Optimal", kl_optimal),
-        ScheduleType("align_your_steps", "Align Your Steps", align_your_steps),
-        ScheduleType("simple", "Simple", simple),
-        ScheduleType("normal", "Normal", normal),
-        ScheduleType("ddim", "DDIM", ddim_uniform),
-        ScheduleType("beta", "Beta", beta),
-    )
+# the names and aliases are `sampler_names`' (torch-free); here each label gets its sigma function
+_FUNCTIONS: dict[str, Callable | None] = {
+    "Automatic": None, "Uniform": uniform, "Karras": karras, "Exponential": exponential,
+    "Polyexponential": polyexponential, "SGM Uniform": sgm_uniform, "KL Optimal": kl_optimal,
+    "Align Your Steps": align_your_steps, "Simple": simple, "Normal": normal, "DDIM": ddim_uniform, "Beta": beta,
 }
 
-
-def _key(text: str) -> str:
-    return "".join(text.lower().replace("_", " ").split())
-
-
-_LOOKUP = {_key(alias): s for s in SCHEDULE_TYPES.values() for alias in (s.name, s.label, *s.aliases)}
+SCHEDULE_TYPES: dict[str, ScheduleType] = {
+    n.label: ScheduleType(n.name, n.label, _FUNCTIONS[n.label], n.aliases) for n in SCHEDULE_NAMES.values()
+}
 
 
 def find_schedule_type(name: str | None) -> ScheduleType | None:
     """The schedule type called `name` (label, internal name or alias; any case); None when unknown."""
-    return SCHEDULE_TYPES["Automatic"] if name in (None, "") else _LOOKUP.get(_key(name))
+    found = find_schedule_name(name)
+    return None if found is None else SCHEDULE_TYPES[found.label]
 
 
 def resolve_schedule_type(name: str | None) -> ScheduleType:
-    """Like `find_schedule_type`, but an unknown name is an error listing the valid ones."""
-    found = find_schedule_type(name)
-    if found is None:
-        raise AnimegenError(f"unknown schedule type {name!r}; valid schedule types: {', '.join(SCHEDULE_TYPES)}")
-    return found
+    """Like `find_schedule_type`, but an unknown name is an error listing the valid ones (and a near miss)."""
+    return SCHEDULE_TYPES[resolve_schedule_name(name).label]
 
 
 def schedule_sigmas(schedule_type: ScheduleType | str, n: int, schedule: DiscreteSchedule) -> torch.Tensor:

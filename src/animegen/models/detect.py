@@ -36,6 +36,14 @@ PredictionSource = Literal["file", "family default", "UNet output test"]
 _SDXL_TE2 = SDXL.text_encoder("text_encoder_2").ldm_weights_prefix
 
 
+INPAINTING_IN_CHANNELS = 9  # an inpainting UNet's input: 4 latent + 1 mask + 4 masked-image latent channels
+
+
+def is_inpainting_unet(unet) -> bool:
+    """Whether a loaded diffusers UNet (from a single file or a diffusers folder) is a 9-channel inpainting one."""
+    return int(unet.config.in_channels) == INPAINTING_IN_CHANNELS
+
+
 class CheckpointError(AnimegenError):
     """A checkpoint file that cannot be used, with what was found and what to do instead."""
 
@@ -61,7 +69,7 @@ class ArchInfo:
     @property
     def is_inpainting(self) -> bool:
         """9 input channels: latents + mask + masked-image latents (an inpainting model)."""
-        return self.in_channels == 9
+        return self.in_channels == INPAINTING_IN_CHANNELS
 
     def check_complete(self, *, vae_given: bool = False) -> None:
         """Raise CheckpointError naming the part a full pipeline needs but this file lacks."""

@@ -19,6 +19,9 @@ from animegen.core.errors import AnimegenError
 from animegen.core.files import PICKLE_SUFFIXES, PickleRefusedError, refuse_pickle_unless_allowed, sha256_file
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+# diffusers inpainting folders hold the same components (a 9-channel UNet, `generate.kpipeline` feeds it)
+INPAINTING_PIPELINES = {"StableDiffusionInpaintPipeline": "StableDiffusionPipeline",
+                        "StableDiffusionXLInpaintPipeline": "StableDiffusionXLPipeline"}
 
 
 class ModelLoadError(AnimegenError):
@@ -106,6 +109,7 @@ def classify_model_ref(model: str | os.PathLike) -> ModelSource:
 def _pipeline_class(name: str):
     import diffusers
 
+    name = INPAINTING_PIPELINES.get(name, name)
     if name not in SUPPORTED_PIPELINES:
         raise ModelLoadError(
             f"pipeline class {name!r} is not supported; animegen loads {', '.join(SUPPORTED_PIPELINES)}"

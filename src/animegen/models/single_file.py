@@ -200,7 +200,8 @@ def load_single_file(path: str | Path, *, allow_pickle: bool = False, dtype: tor
     arch = detect_architecture(sd, metadata)
     arch.check_complete(vae_given=vae is not None)
     if arch.is_inpainting:
-        log.warning("%s is an inpainting model (9 input channels); it needs an inpainting pipeline", path)
+        log.info("%s is an inpainting model (9 input channels): it is given a mask and the masked image "
+                 "(generate.kpipeline)", path)
     configs = infer_configs(sd, arch)
     unet = _build_unet(sd, configs["unet"], torch.float32 if arch.needs_unet_test else dtype)
     if arch.needs_unet_test:  # SD2: 512-base (epsilon) or 768-v? A1111's test, in float32 as A1111 runs it

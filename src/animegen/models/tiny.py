@@ -22,7 +22,7 @@ import torch
 from animegen.core.errors import AnimegenError
 from animegen.core.files import atomic_dir
 from animegen.models.assets import load_tokenizer
-from animegen.models.detect import norm_num_groups
+from animegen.models.detect import INPAINTING_IN_CHANNELS, norm_num_groups
 from animegen.models.family import SD1, SD2, SDXL, ModelFamily, get_family
 from animegen.models.tiny_vae import make_linear_codec
 
@@ -105,20 +105,22 @@ def _tokenizers(family: ModelFamily) -> dict:
     return {te.tokenizer: load_tokenizer(pad_token=te.pad_token) for te in family.text_encoders}
 
 
-def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
-    """Return the diffusers pipeline components of a tiny random-weight model of `arch`."""
+def build_tiny_components(arch: Arch = "sd15", seed: int = 0, inpainting: bool = False) -> dict:
+    """Return the diffusers pipeline components of a tiny random-weight model of `arch`; `inpainting`: a 9-channel
+    inpainting UNet (latents + mask + masked-image latents, `detect.INPAINTING_IN_CHANNELS`)."""
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     family = _tiny_family(arch)
     torch.manual_seed(seed)
     scheduler = EulerDiscreteScheduler.from_config(SCHEDULER_CONFIG)
+    in_channels = INPAINTING_IN_CHANNELS if inpainting else 4
     if family in (SD1, SD2):
         channels = (32, 32, 64, 64)
         sd2 = family is SD2  # OpenCLIP-H (gelu), linear projections, 64 channels per head (at least 1 head)
         unet = UNet2DConditionModel(
             sample_size=8,
-            in_channels=4,
+            in_channels=in_channels,
             out_channels=4,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -143,7 +145,7 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
         channels = (64, 64, 128)
         unet = UNet2DConditionModel(
             sample_size=16,
-            in_channels=4,
+            in_channels=in_channels,
             out_channels=4,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -170,25 +172,25 @@ def build_tiny_components(arch: Arch = "sd15", seed: int = 0) -> dict:
         }
 
 
-def build_tiny_pipeline(arch: Arch = "sd15", seed: int = 0):
+def build_tiny_pipeline(arch: Arch = "sd15", seed: int = 0, inpainting: bool = False):
     """A diffusers StableDiffusionPipeline / StableDiffusionXLPipeline around tiny random weights."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    components = build_tiny_components(arch, seed)
+    components = build_tiny_components(arch, seed, inpainting)
     if _tiny_family(arch).is_sdxl:
         return StableDiffusionXLPipeline(**components)
     return StableDiffusionPipeline(**components, requires_safety_checker=False)
 
 
 def save_tiny_model(arch: Arch, out: Path | str | None = None, single_file: Path | str | None = None,
-                    seed: int = 0) -> dict[str, Path]:
+                    seed: int = 0, inpainting: bool = False) -> dict[str, Path]:
     """Write a tiny model as a diffusers folder (`out`) and/or an A1111-layout single file (not SD2:
     `single_file.pipeline_to_ldm`)."""
     if out is None and single_file is None:
         raise ValueError("give an output folder, a single-file path, or both")
     if single_file is not None and _tiny_family(arch) is SD2:
         raise AnimegenError("SD2 models are written as diffusers folders only; drop --single-file")
-    pipe = build_tiny_pipeline(arch, seed)
+    pipe = build_tiny_pipeline(arch, seed, inpainting)
     written: dict[str, Path] = {}
     if out is not None:
         out = Path(out)

@@ -41,6 +41,7 @@ The schedule grammar's own differences (an ambiguous parse A1111 resolves by Pyt
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import NamedTuple
 
@@ -65,62 +66,142 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.DOTALL)
+_BREAK_WORD = re.compile(r"\bBREAK\b")
+EXACT_DEPTH = 32  # up to this many brackets around a fragment its weight is multiplied in A1111's order
 
 
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
-    """Split `text` into `(fragment, weight)` pairs with A1111's emphasis rules (see module docstring)."""
-    pieces: list[list] = []  # [text, weight, is_break]
+    """Split `text` into `(fragment, weight)` pairs with A1111's emphasis rules (see module docstring).
+
+    Linear time: A1111 multiplies every fragment inside a bracket when the bracket closes (quadratic in the
+    nesting); here each bracket is recorded as a range and `_range_weights` multiplies once per fragment.
+    """
+    pieces: list[str] = []
+    is_break: list[bool] = []
+    ranges: list[tuple[int, int, float]] = []  # (first piece, end piece, factor) in A1111's order of applying
     round_open: list[int] = []
     square_open: list[int] = []
 
-    def scale_from(start: int, factor: float) -> None:
-        for piece in pieces[start:]:
-            if not piece[2]:
-                piece[1] *= factor
-
     def add_text(fragment: str) -> None:
-        for i, part in enumerate(_BREAK.split(fragment)):
+        for i, part in enumerate(_split_break(fragment)):
             if i > 0:
-                pieces.append([BREAK_MARKER[0], BREAK_MARKER[1], True])
-            pieces.append([part, 1.0, False])
+                pieces.append(BREAK_MARKER[0])
+                is_break.append(True)
+            pieces.append(part)
+            is_break.append(False)
 
     for match in _TOKEN.finditer(text):
         kind = match.lastgroup
         if kind == "escape":
-            pieces.append([match.group(0)[1], 1.0, False])
+            pieces.append(match.group(0)[1])
+            is_break.append(False)
         elif kind == "lone_backslash":
-            pieces.append(["", 1.0, False])  # as A1111: it still separates what is around it from merging
+            pieces.append("")  # as A1111: it still separates what is around it from merging
+            is_break.append(False)
         elif kind == "open_round":
             round_open.append(len(pieces))
         elif kind == "open_square":
             square_open.append(len(pieces))
         elif kind == "weight" and round_open and _is_float(match.group("weight")):
-            scale_from(round_open.pop(), float(match.group("weight")))
+            ranges.append((round_open.pop(), len(pieces), float(match.group("weight"))))
         elif kind == "close_round" and round_open:
-            scale_from(round_open.pop(), ROUND_MULTIPLIER)
+            ranges.append((round_open.pop(), len(pieces), ROUND_MULTIPLIER))
         elif kind == "close_square" and square_open:
-            scale_from(square_open.pop(), SQUARE_MULTIPLIER)
+            ranges.append((square_open.pop(), len(pieces), SQUARE_MULTIPLIER))
         else:
             add_text(match.group(0))
 
     # Unclosed brackets apply to the rest of the prompt, in opening order as A1111 does.
-    for start in round_open:
-        scale_from(start, ROUND_MULTIPLIER)
-    for start in square_open:
-        scale_from(start, SQUARE_MULTIPLIER)
+    ranges.extend((start, len(pieces), ROUND_MULTIPLIER) for start in round_open)
+    ranges.extend((start, len(pieces), SQUARE_MULTIPLIER) for start in square_open)
 
     if not pieces:
         return [("", 1.0)]
 
-    merged: list[list] = [pieces[0]]
-    for piece in pieces[1:]:
-        last = merged[-1]
-        if not piece[2] and not last[2] and piece[1] == last[1]:
-            last[0] += piece[0]
+    merged: list[tuple[str, float]] = []
+    run: list[str] = []  # adjacent fragments with exactly equal weights are merged
+    run_weight = 1.0
+    for piece, weight, marker in zip(pieces, _range_weights(len(pieces), ranges), is_break):
+        if run and (marker or weight != run_weight):
+            merged.append(("".join(run), run_weight))
+            run = []
+        if marker:
+            merged.append(BREAK_MARKER)
         else:
-            merged.append(piece)
-    return [(piece[0], piece[1]) for piece in merged]
+            run.append(piece)
+            run_weight = weight
+    if run:
+        merged.append(("".join(run), run_weight))
+    return merged
+
+
+def _split_break(fragment: str) -> list[str]:
+    """`re.split(r"\\s*\\bBREAK\\b\\s*", fragment)` without its quadratic backtracking over runs of white space."""
+    if "BREAK" not in fragment:
+        return [fragment]
+    parts, last = [], 0
+    for match in _BREAK_WORD.finditer(fragment):
+        start, end = match.start(), match.end()
+        while start > last and fragment[start - 1].isspace():
+            start -= 1
+        while end < len(fragment) and fragment[end].isspace():
+            end += 1
+        parts.append(fragment[last:start])
+        last = end
+    parts.append(fragment[last:])
+    return parts
+
+
+def _range_weights(count: int, ranges: list[tuple[int, int, float]]) -> list[float]:
+    """Each piece's weight: 1.0 times the factor of every range containing it, in the order of `ranges`.
+
+    A fragment inside at most `EXACT_DEPTH` brackets gets A1111's value bit for bit (the same multiplications in
+    the same order); deeper ones (weights past 1.1**32, about 21, that no prompt means) get the same product
+    from a running sum of logarithms, equal up to rounding, so that the whole parse stays linear.
+    """
+    starting: dict[int, list[int]] = {}
+    ending: dict[int, list[int]] = {}
+    for index, (start, end, _) in enumerate(ranges):
+        if start < end:
+            starting.setdefault(start, []).append(index)
+            ending.setdefault(end, []).append(index)
+    active: dict[int, float] = {}
+    log_sum, negative, zero, infinite = 0.0, 0, 0, 0
+
+    def account(factor: float, sign: int) -> None:
+        nonlocal log_sum, negative, zero, infinite
+        if factor == 0:
+            zero += sign
+        elif math.isinf(factor):
+            infinite += sign
+        else:
+            log_sum += sign * math.log(abs(factor))
+        if factor < 0:
+            negative += sign
+
+    weights: list[float] = []
+    weight = 1.0
+    for position in range(count):
+        changed = False
+        for index in ending.get(position, ()):
+            account(active.pop(index), -1)
+            changed = True
+        for index in starting.get(position, ()):
+            active[index] = ranges[index][2]
+            account(ranges[index][2], 1)
+            changed = True
+        if changed:
+            if len(active) <= EXACT_DEPTH:
+                weight = 1.0
+                for index in sorted(active):
+                    weight *= active[index]
+            elif zero:
+                weight = math.nan if infinite else 0.0
+            else:
+                magnitude = math.inf if infinite or log_sum > 709.0 else math.exp(log_sum)
+                weight = -magnitude if negative % 2 else magnitude
+        weights.append(weight)
+    return weights
 
 
 def _is_float(value: str) -> bool:
@@ -197,7 +278,10 @@ def parse_extra_networks(prompt: str) -> ExtraNetworks:
                 problems.append(f"{match.group(0)} {e}")
         return ""
 
-    text = _EXTRA_NETWORK.sub(take, prompt)
+    # Every tag ends at a `>`: past the last one nothing can match, and leaving it out keeps the scan linear
+    # (A1111's regex tries every `<` against the whole rest of a prompt that has no `>` left).
+    end = prompt.rfind(">") + 1
+    text = _EXTRA_NETWORK.sub(take, prompt[:end]) + prompt[end:]
     if problems:
         raise AnimegenError(f"unreadable LoRA tag(s): {'; '.join(problems)}; write them as "
                             "<lora:NAME:WEIGHT>, <lora:NAME:TE:UNET> or <lora:NAME:te=W:unet=W>")

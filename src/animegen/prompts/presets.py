@@ -4,11 +4,20 @@ Anime checkpoints are trained on captions in a fixed shape (Animagine: count, ch
 rating, general tags, then quality tags) and work best when prompts follow it. A preset captures that
 shape once; `build_prompt` turns free text or categorised tags into a prompt in that shape.
 Built-ins live in the shipped `presets.toml`; a user TOML file with the same layout adds presets or
-overrides built-ins by name (keys it leaves out are inherited from the built-in of that name).
+overrides built-ins by name (keys it leaves out are inherited from the built-in of that name, or from the
+preset its `extends` key names).
+
+`preset="auto"` picks the preset of the model being run: `detect_preset` looks at a single file's
+safetensors `__metadata__` (modelspec title, kohya's `ss_sd_model_name`), then the model's name (file,
+folder or hub id), then the A1111 short hash where a model card prints one (`_NAME_RULES`, `KNOWN_HASHES`:
+the one table of what is recognised). An unrecognised model gets `none`, with one notice naming what was
+looked at. This module never imports torch.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import string
 import tomllib
@@ -20,6 +29,9 @@ from pathlib import Path
 
 from animegen.prompts.tags import RATING_TAGS, escape_tag, is_count_tag, normalize_tag, split_tags, tag_key
 
+log = logging.getLogger(__name__)
+
+AUTO = "auto"  # the preset name that means "the model's own preset" (`detect_preset`)
 PLACEHOLDERS = ("prompt", "quality", "aesthetic", "rating")
 TAG_CATEGORIES = ("count", "character", "series", "artist", "general", "meta")
 ORDER_SLOTS = (*TAG_CATEGORIES, "rating", "quality")
@@ -52,10 +64,15 @@ class Preset:
     aesthetic: str = ""
     rating: str = ""
     tag_order: tuple[str, ...] = ()
+    # A1111's "Clip skip" (2 = penultimate layer) and CFG rescale phi in [0, 1]; they apply when the request
+    # leaves its own at the default (clip_skip 1, guidance_rescale 0).
+    clip_skip: int | None = None
+    guidance_rescale: float | None = None
 
 
 _FIELD_TYPES = {f.name: f.type.removesuffix(" | None") for f in fields(Preset)}
 _KEYS = tuple(k for k in _FIELD_TYPES if k != "name")
+_TOML_KEYS = (*_KEYS, "extends")  # `extends = "NAME"`: start from that preset instead of from scratch
 
 
 def _builtin_file() -> Path:
@@ -103,6 +120,8 @@ def _coerce(where: str, key: str, value):
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"{where}: {key} must be a non-negative number, got {value!r}")
+        if key == "guidance_rescale" and value > 1:
+            raise ValueError(f"{where}: guidance_rescale must be in [0, 1] (0 = off; 0.7 is the usual), got {value}")
         return float(value)
     # tag_order
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -124,24 +143,38 @@ def _parse_presets(data: dict, source: Path, base: Mapping[str, Preset], check_s
     out: dict[str, Preset] = {}
     for name, entry in table.items():
         where = f"{source} [presets.{name}]"
+        if name == AUTO:
+            raise ValueError(f"{where}: '{AUTO}' is reserved (it picks the model's own preset); rename this preset")
         if not isinstance(entry, dict):
-            raise ValueError(f"{where}: must be a table of keys ({', '.join(_KEYS)})")
-        bad = sorted(set(entry) - set(_KEYS))
+            raise ValueError(f"{where}: must be a table of keys ({', '.join(_TOML_KEYS)})")
+        bad = sorted(set(entry) - set(_TOML_KEYS))
         if bad:
-            raise ValueError(f"{where}: unknown key(s) {bad}; valid keys: {', '.join(_KEYS)}")
+            raise ValueError(f"{where}: unknown key(s) {bad}; valid keys: {', '.join(_TOML_KEYS)}")
+        entry = dict(entry)
+        parent = _parent(where, entry.pop("extends", None), name, {**base, **out})
         values = {key: _coerce(where, key, value) for key, value in entry.items()}
-        _check_template(where, values.get("template", base[name].template if name in base else "{prompt}"))
+        _check_template(where, values.get("template", parent.template if parent else "{prompt}"))
         if check_sampler and "sampler" in values:
             _check_sampler(where, values["sampler"])
-        out[name] = replace(base[name], **values) if name in base else Preset(name=name, **values)
+        out[name] = replace(parent, name=name, **values) if parent else Preset(name=name, **values)
     return out
 
 
+def _parent(where: str, extends, name: str, known: Mapping[str, Preset]) -> Preset | None:
+    """The preset an entry starts from: the one `extends` names, else the earlier preset of the same name."""
+    if extends is None:
+        return known.get(name)
+    if not isinstance(extends, str) or extends not in known:
+        raise ValueError(f"{where}: extends = {extends!r} names no preset defined before it; "
+                         f"valid: {', '.join(known)}")
+    return known[extends]
+
+
 def _check_sampler(where: str, sampler: str) -> None:
-    from animegen.generate.samplers import resolve_sampler
+    from animegen.generate.sampler_names import resolve_sampler_name  # torch-free: `animegen presets` stays light
 
     try:
-        resolve_sampler(sampler)
+        resolve_sampler_name(sampler)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 
@@ -165,12 +198,128 @@ def list_presets(user_file: str | Path | None = None) -> list[Preset]:
     return list(_all_presets(user_file).values())
 
 
-def get_preset(name: str, user_file: str | Path | None = None) -> Preset:
-    """The preset called `name` (user file first, then built-ins); unknown names list the valid ones."""
+def get_preset(name: str, user_file: str | Path | None = None, *,
+               model: str | os.PathLike | None = None) -> Preset:
+    """The preset called `name` (user file first, then built-ins); unknown names list the valid ones.
+
+    `name="auto"` is the preset `detect_preset(model)` recognises, else `none` (with one notice).
+    """
     presets = _all_presets(user_file)
+    if name == AUTO:
+        name = auto_preset_name(model)
     if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(presets)}")
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(presets)}, {AUTO}")
     return presets[name]
+
+
+# ---- recognising a model's preset (`preset="auto"`) -----------------------------------------------------
+_S = r"[-_. ]?"  # the separators model names use between words and version digits
+# (preset, pattern on the lower-cased name or metadata text); the first match wins, so more specific first.
+_NAME_RULES: tuple[tuple[str, str], ...] = (
+    ("animagine-xl-4.0", rf"animagine{_S}(xl)?{_S}v?4"),
+    ("animagine-xl-3.1", rf"animagine{_S}(xl)?{_S}v?3{_S}1"),
+    ("noobai-xl-vpred", rf"noob{_S}ai.*v{_S}pred"),
+    ("noobai-xl-eps", rf"noob{_S}ai"),
+    ("pony-v6", rf"pony{_S}(diffusion)?{_S}v?6"),
+    ("illustrious-xl", r"illustrious"),
+    ("kohaku-xl", rf"kohaku{_S}xl"),
+    ("wd-1.5", rf"(?<![a-z])(wd|waifu{_S}diffusion){_S}v?1{_S}5(?![0-9])"),
+    ("wd-1.4", rf"(?<![a-z])(wd|waifu{_S}diffusion){_S}v?1{_S}4(?![0-9])"),
+    ("dashanime-xl", rf"dash{_S}anime"),
+)
+# A1111's short model hash (sha256[:10], Civitai's "AutoV2") -> preset, only where the model page prints it.
+KNOWN_HASHES: dict[str, str] = {
+    "67ab2fd8ec": "pony-v6",           # https://civitai.com/models/257749 (V6, "start with this one")
+    "1d5b43ff75": "animagine-xl-4.0",  # https://civitai.com/models/1188071
+}
+_METADATA_KEYS = ("modelspec.title", "ss_sd_model_name")
+_VPRED = {"modelspec.prediction_type": {"v", "v_prediction", "v-prediction"}, "ss_v_parameterization": {"true"}}
+
+
+def _match_name(text: str) -> str | None:
+    lowered = text.lower()
+    return next((preset for preset, pattern in _NAME_RULES if re.search(pattern, lowered)), None)
+
+
+def _names_of(model: str) -> list[str]:
+    """The name to match: the file or folder name, then its folder's (a `model.safetensors` says nothing)."""
+    path = Path(model)
+    return [n for n in (path.name, path.parent.name) if n not in ("", ".", "..")]
+
+
+def _file_metadata(path: Path) -> dict:
+    from animegen.core.files import WeightsFileError, safetensors_metadata
+
+    try:
+        return safetensors_metadata(path)
+    except WeightsFileError as exc:  # detection looks; it does not judge the file (the loader will)
+        log.warning("%s", exc)
+        return {}
+
+
+def _detect(model: str | os.PathLike | None, metadata: Mapping[str, object] | None) -> tuple[str | None, str]:
+    """(preset or None, what was looked at), for `detect_preset` and the "auto" notice."""
+    if model is None and not metadata:
+        return None, "no model given"
+    path = Path(model) if model is not None else None
+    is_file = path is not None and path.is_file()
+    if metadata is None and is_file and path.suffix.lower() == ".safetensors":
+        metadata = _file_metadata(path)
+    looked: list[str] = []
+    for key in _METADATA_KEYS:
+        value = (metadata or {}).get(key)
+        if isinstance(value, str) and value:
+            looked.append(f"{key} {value!r}")
+            found = _match_name(value)
+            if found:
+                if found == "noobai-xl-eps" and any(
+                        str((metadata or {}).get(k, "")).lower() in v for k, v in _VPRED.items()):
+                    found = "noobai-xl-vpred"  # trained or declared as v-prediction
+                return found, looked[-1]
+    for name in _names_of(str(model)) if model is not None else []:
+        looked.append(f"the name {name!r}")
+        found = _match_name(name)
+        if found:
+            return found, looked[-1]
+    if is_file:
+        from animegen.core.files import sha256_file  # cached per (path, size, mtime): the engine hashes it anyway
+
+        short = sha256_file(path)[:10]
+        looked.append(f"the hash {short}")
+        if short in KNOWN_HASHES:
+            return KNOWN_HASHES[short], looked[-1]
+    return None, ", ".join(looked) or "nothing recognisable"
+
+
+def detect_preset(model_path_or_name: str | os.PathLike | None,
+                  metadata: Mapping[str, object] | None = None) -> str | None:
+    """The built-in preset for a model, recognised from its metadata, name or documented hash; None if unknown.
+
+    `metadata` is a safetensors `__metadata__` mapping; None reads it from the file's header when the model is a
+    single `.safetensors` file. Metadata wins over the name (a renamed file keeps its title); v-prediction
+    metadata (`modelspec.prediction_type`, kohya's `ss_v_parameterization`) turns NoobAI eps into v-pred.
+    """
+    return _detect(model_path_or_name, metadata)[0]
+
+
+@lru_cache(maxsize=64)
+def _auto_cached(model: str | None, size: int, mtime_ns: int) -> str:
+    found, looked = _detect(model, None)
+    if found is None:
+        log.warning("preset auto: no known base model recognised (looked at %s); using preset 'none'", looked)
+        return "none"
+    log.info("preset auto: %s (from %s)", found, looked)
+    return found
+
+
+def auto_preset_name(model: str | os.PathLike | None) -> str:
+    """The preset `preset="auto"` means for `model`; "none" (with one notice per model) when unrecognised."""
+    try:
+        stat = os.stat(model) if model is not None else None
+    except OSError:
+        stat = None
+    return _auto_cached(None if model is None else str(model), stat.st_size if stat else 0,
+                        stat.st_mtime_ns if stat else 0)
 
 
 # ---- building prompts -------------------------------------------------------------------------------

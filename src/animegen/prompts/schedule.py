@@ -1,7 +1,8 @@
 """A1111 1.10 prompt schedules: prompt editing `[a:b:N]`, alternation `[a|b]` and composable `AND`.
 
 What (`modules/prompt_parser.py`: `get_learned_conditioning_prompt_schedules`, `get_multicond_prompt_list`,
-`reconstruct_cond_batch`; semantics learned from it, the parser is our own recursive descent over its grammar):
+`reconstruct_cond_batch`; semantics learned from it, the parser is our own recursive descent over its grammar,
+linear in the prompt's length and never more than a few calls deep):
 
 * `get_prompt_schedule(prompt, steps)` -> `[(end_step, text), ...]`: the text to encode up to each end step.
   - `[a:b:N]` is a until N, then b; `[a:N]` adds a after N; `[a::N]` removes a after N. A number with a decimal
@@ -68,22 +69,41 @@ class _Alternate:
     options: list  # a node list per option (an empty option is an empty list)
 
 
-_Node = str | _Edit | _Alternate
+_Node = str | list | _Edit | _Alternate  # a list is a group of nodes (a bracket kept as text, with its content)
 
 
 class _Unreadable(Exception):
     """The whole prompt is outside the grammar: A1111 then uses it unchanged."""
 
 
+_RAISES = object()  # memo value: parsing this bracket reaches a part of the prompt the grammar cannot read
+
+
 class _Parser:
-    """Recursive descent over A1111's lark grammar (`schedule_parser`).
+    """Recursive descent over A1111's lark grammar (`schedule_parser`), in linear time and bounded depth.
 
     Inside brackets everything must parse; at the top level a bracket that does not is one literal
     character (the grammar's `/[][():]/+`), and `|` or an unescapable backslash make the prompt unreadable.
+    What a bracket parses to depends only on where it starts, so each is parsed once, right to left before
+    the top level is read: a nested bracket is then always a lookup, never a recursive call (no recursion
+    limit, and no bracket re-read when its parent fails and the top level tries the next character).
     """
 
     def __init__(self, text: str):
         self.text = text
+        self.brackets: dict[int, object] = {}
+        for i in reversed(_unescaped_openers(text)):
+            try:
+                self.brackets[i] = self._bracket(i)
+            except _Unreadable:
+                self.brackets[i] = _RAISES
+
+    def bracket(self, i: int) -> tuple[list[_Node], int] | None:
+        """What the bracket at i parses to (see `_bracket`), from the table built at start."""
+        parsed = self.brackets[i]
+        if parsed is _RAISES:
+            raise _Unreadable
+        return parsed
 
     def top(self) -> list[_Node]:
         nodes: list[_Node] = []
@@ -94,7 +114,7 @@ class _Parser:
                 parsed = self.bracket(i)
                 if parsed is not None:
                     node, i = parsed
-                    nodes.extend(node)
+                    nodes.append(node)
                     continue
                 nodes.append(ch)
                 i += 1
@@ -131,7 +151,7 @@ class _Parser:
                 if parsed is None:
                     return None
                 node, i = parsed
-                nodes.extend(node)
+                nodes.append(node)
             elif ch in "]):|":
                 break
             else:
@@ -139,7 +159,7 @@ class _Parser:
                 nodes.append(text)
         return nodes, i
 
-    def bracket(self, i: int) -> tuple[list[_Node], int] | None:
+    def _bracket(self, i: int) -> tuple[list[_Node], int] | None:
         """Emphasis `(p)` / `(p:p)` / `[p]` (kept as text), editing or alternation starting at i; None if none fits."""
         text, opener = self.text, self.text[i]
         first = self.prompt(i + 1)
@@ -150,14 +170,14 @@ class _Parser:
         if j >= len(text):
             return None
         if text[j] == close:
-            return [opener, *p1, close], j + 1
+            return [opener, p1, close], j + 1
         if opener == "(":
             if text[j] != ":":
                 return None
             second = self.prompt(j + 1)
             if second is None or second[1] >= len(text) or text[second[1]] != ")":
                 return None
-            return ["(", *p1, ":", *second[0], ")"], second[1] + 1
+            return ["(", p1, ":", second[0], ")"], second[1] + 1
         if text[j] == "|":
             options = [p1]
             while text[j] == "|":
@@ -179,26 +199,50 @@ class _Parser:
         return ([_Edit(p1, second[0], end.group(1))], end.end()) if end else None
 
 
+def _unescaped_openers(text: str) -> list[int]:
+    """Positions of the `[` and `(` that are not escaped (after an odd run of backslashes): the only ones the
+    parser can read as brackets, since `plain` takes a backslash and the character after it together."""
+    openers, backslashes = [], 0
+    for i, ch in enumerate(text):
+        if ch in "[(" and backslashes % 2 == 0:
+            openers.append(i)
+        backslashes = backslashes + 1 if ch == "\\" else 0
+    return openers
+
+
 def _walk(nodes: list[_Node]):
-    for node in nodes:
-        yield node
-        if isinstance(node, _Edit):
-            yield from _walk(node.before or [])
-            yield from _walk(node.after)
-        elif isinstance(node, _Alternate):
-            for option in node.options:
-                yield from _walk(option)
+    """Every node of the tree (iteratively: a prompt may nest thousands deep)."""
+    stack = [nodes]
+    while stack:
+        for node in stack.pop():
+            if isinstance(node, list):
+                stack.append(node)
+            elif isinstance(node, _Edit):
+                yield node
+                stack.extend((node.before or [], node.after))
+            elif isinstance(node, _Alternate):
+                yield node
+                stack.extend(node.options)
 
 
 def _text_at(nodes: list[_Node], step: int) -> str:
-    parts = []
-    for node in nodes:
-        if isinstance(node, str):
-            parts.append(node)
-        elif isinstance(node, _Edit):
-            parts.append(_text_at(node.before or [], step) if step <= node.when else _text_at(node.after, step))
+    parts: list[str] = []
+    stack = [iter(nodes)]
+    while stack:
+        for node in stack[-1]:
+            if isinstance(node, str):
+                parts.append(node)
+                continue
+            if isinstance(node, list):
+                chosen = node
+            elif isinstance(node, _Edit):
+                chosen = (node.before or []) if step <= node.when else node.after
+            else:
+                chosen = node.options[(step - 1) % len(node.options)]
+            stack.append(iter(chosen))
+            break
         else:
-            parts.append(_text_at(node.options[(step - 1) % len(node.options)], step))
+            stack.pop()
     return "".join(parts)
 
 
@@ -228,16 +272,22 @@ def entry_at(ends: Sequence[int], step: int) -> int:
 
 
 _AND = re.compile(r"\bAND\b")
-_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*$")
+_WEIGHT_NUMBER = re.compile(r"[-+]?(?:\d+\.?|\d*\.\d+)")
 
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
     """Composable-diffusion parts of a positive prompt: `(text, weight)` per `AND`-separated part."""
-    parts = []
-    for part in _AND.split(prompt):
-        weight = _WEIGHT.search(part)
-        parts.append((part[: weight.start()], float(weight.group(1))) if weight else (part.rstrip(), 1.0))
-    return parts
+    return [_part_weight(part) for part in _AND.split(prompt)]
+
+
+def _part_weight(part: str) -> tuple[str, float]:
+    """A1111's `re.search(r"\\s*:\\s*([-+]?(?:\\d+\\.?|\\d*\\.\\d+))\\s*$", part)`, scanned from the end in linear time
+    (the regex tries every start in a run of white space against the whole run)."""
+    text = part.rstrip()
+    colon = text.rfind(":")  # the weight has no colon: only the last one can start it
+    if colon >= 0 and _WEIGHT_NUMBER.fullmatch(number := text[colon + 1:].lstrip()):
+        return text[:colon].rstrip(), float(number)
+    return text, 1.0
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,39 @@
-"""What the server may load: checkpoints and LoRAs found inside the configured folders, nothing else.
+"""What the server may load: checkpoints, VAEs and LoRAs found inside the configured folders, nothing else.
 
 Requests name a model or LoRA; a name is only ever looked up in these listings, and every path is
 re-checked against its root after resolving symlinks, so `..`, absolute paths and symlinks that
 point outside the folder are refused. Pickle-based files (.ckpt/.pt/.bin) are never listed.
+
+VAEs live in --model-dir too (A1111 keeps them in models/VAE and also takes `*.vae.*` files next to its
+checkpoints): a `*.vae.safetensors` file anywhere inside it, or any .safetensors file under a top-level `VAE/`
+(any case) folder, is a VAE, listed by `vaes()` with A1111's name (the file name) and never as a checkpoint.
+`*.vae.pt` / `.ckpt` VAEs are pickles and, like every pickle, not listed.
+
+Upscaler models live in --model-dir's top-level `ESRGAN/` and `RealESRGAN/` folders (any case; A1111's
+models/ESRGAN, models/RealESRGAN) and in --upscaler-dir: `upscalers()` is `models.upscalers.list_upscalers` over
+those folders with pickles off, so only `.safetensors` files are listed, by stem, and never as checkpoints.
+
+Listings are computed from the folders on every call, so A1111's refresh routes have nothing to refresh.
+`lora_metadata(path)` reads a LoRA's safetensors header only (its `__metadata__`), never the tensors.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from animegen.core.errors import AnimegenError
 
 SAFE_WEIGHT_SUFFIXES = (".safetensors",)
+VAE_SUFFIX = ".vae.safetensors"
+VAE_FOLDER = "vae"  # a top-level folder of --model-dir, compared case-insensitively (A1111's models/VAE)
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own header limit
+
+log = logging.getLogger(__name__)
 
 
 class UnsafeNameError(AnimegenError):
@@ -54,6 +74,51 @@ class LoraEntry:
 
     name: str
     path: Path
+
+
+@dataclass(frozen=True)
+class VaeEntry:
+    """One VAE file: `name` is its file name (A1111's `model_name`), `relative` its path inside --model-dir."""
+
+    name: str
+    relative: str
+    path: Path
+
+
+def is_upscaler_name(relative: str) -> bool:
+    """Whether a posix path relative to --model-dir lies in its ESRGAN/ or RealESRGAN/ folder (any case)."""
+    from animegen.models.upscalers.listing import UPSCALER_SUBFOLDERS
+
+    parts = PurePosixPath(relative).parts
+    return len(parts) > 1 and parts[0].lower() in {name.lower() for name in UPSCALER_SUBFOLDERS}
+
+
+def is_vae_name(relative: str) -> bool:
+    """Whether a posix path relative to --model-dir names a VAE file (see the module docstring)."""
+    parts = PurePosixPath(relative).parts
+    return relative.lower().endswith(VAE_SUFFIX) or (len(parts) > 1 and parts[0].lower() == VAE_FOLDER)
+
+
+def lora_metadata(path: Path) -> dict:
+    """A safetensors file's `__metadata__`, read from its header only; JSON-object values parsed, as A1111's
+    `read_metadata_from_safetensors`. An unreadable header gives {} (logged), so one bad file cannot break a listing."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > MAX_HEADER_BYTES:
+                raise ValueError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
+            header = json.loads(f.read(size))
+        metadata = dict(header.get("__metadata__") or {})
+    except (OSError, ValueError, struct.error, AttributeError) as exc:
+        log.warning("LoRA %s: cannot read its safetensors header (%s)", path, exc)
+        return {}
+    for key, value in metadata.items():
+        if isinstance(value, str) and value.startswith("{"):
+            try:
+                metadata[key] = json.loads(value)
+            except ValueError:
+                pass
+    return metadata
 
 
 def check_relative_name(name: str) -> PurePosixPath:
@@ -103,11 +168,12 @@ def _is_diffusers_folder(path: Path) -> bool:
 
 
 class Catalog:
-    """Lists and resolves checkpoints (`model_dir` + the start model) and LoRAs (`lora_dir`)."""
+    """Lists and resolves checkpoints (`model_dir` + the start model), LoRAs (`lora_dir`) and upscalers."""
 
-    def __init__(self, model: str, model_dir: Path | None, lora_dir: Path | None):
+    def __init__(self, model: str, model_dir: Path | None, lora_dir: Path | None, upscaler_dir: Path | None = None):
         self.model_dir = Path(model_dir) if model_dir else None
         self.lora_dir = Path(lora_dir) if lora_dir else None
+        self.upscaler_dir = Path(upscaler_dir) if upscaler_dir else None
         self.start_entry = self._start_entry(model)
         self._hashes: dict[Path, str] = {}
 
@@ -137,7 +203,8 @@ class Catalog:
             for name, real in _walk_inside(self.model_dir, descend=lambda d: not _is_diffusers_folder(d)):
                 if real in seen:
                     continue
-                is_file = real.is_file() and real.suffix in SAFE_WEIGHT_SUFFIXES
+                is_file = (real.is_file() and real.suffix in SAFE_WEIGHT_SUFFIXES and not is_vae_name(name)
+                           and not is_upscaler_name(name))
                 is_diffusers = _is_diffusers_folder(real)
                 if is_file or is_diffusers:
                     seen.add(real)
@@ -153,6 +220,28 @@ class Catalog:
                     resolve_inside(self.model_dir, entry.name)
                 return entry
         raise NotFoundError(f"model {name!r} not found; GET /sdapi/v1/sd-models lists the available ones")
+
+    def vaes(self) -> list[VaeEntry]:
+        """Every VAE file inside model_dir (see the module docstring), sorted by name; first name wins."""
+        if self.model_dir is None or not self.model_dir.is_dir():
+            return []
+        entries: dict[str, VaeEntry] = {}
+        for name, real in _walk_inside(self.model_dir, descend=lambda d: not _is_diffusers_folder(d)):
+            if real.is_file() and real.suffix in SAFE_WEIGHT_SUFFIXES and is_vae_name(name):
+                entries.setdefault(PurePosixPath(name).name, VaeEntry(PurePosixPath(name).name, name, real))
+        return sorted(entries.values(), key=lambda e: e.name.lower())
+
+    def upscaler_folders(self) -> list[Path]:
+        """Where model upscalers are looked for (see the module docstring); the generator gets the same."""
+        from animegen.models.upscalers.listing import upscaler_folders
+
+        return upscaler_folders(self.model_dir, self.upscaler_dir)
+
+    def upscalers(self):
+        """The built-in upscalers, then the `.safetensors` upscaler models (`list_upscalers` entries)."""
+        from animegen.models.upscalers.listing import list_upscalers
+
+        return list_upscalers(self.upscaler_folders(), allow_pickle=False)
 
     def loras(self) -> list[LoraEntry]:
         """Every .safetensors LoRA inside lora_dir, by stem (first one wins on duplicate stems)."""

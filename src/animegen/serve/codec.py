@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -43,8 +44,16 @@ def decode_image(data: str, *, field: str, max_pixels: int) -> Image.Image:
         raise BadImageError(field, "is not valid base64") from None
     if not raw:
         raise BadImageError(field, "is empty")
+    return open_image(io.BytesIO(raw), field=field, max_pixels=max_pixels)
+
+
+def open_image(source: BinaryIO, *, field: str, max_pixels: int) -> Image.Image:
+    """Open an uploaded image (API body or UI upload) and refuse it by its header when over `max_pixels`.
+
+    The returned image is fully loaded and keeps its PNG text chunks in `.info`.
+    """
     try:
-        image = Image.open(io.BytesIO(raw))
+        image = Image.open(source)
         width, height = image.size
         if width * height > max_pixels:
             raise BadImageError(field, f"image is {width}x{height}; the server accepts at most {max_pixels} pixels")

@@ -25,6 +25,17 @@ class ServeLimits(BaseModel):
     max_steps: int = Field(150, ge=1, description="most sampling steps per pass")
     max_images: int = Field(16, ge=1, description="most images per request (n_iter x batch_size)")
     max_input_pixels: int = Field(4096 * 4096, ge=64 * 64, description="largest uploaded image (w x h)")
+    # Text (issue #14): A1111 has no limit; every prompt parser is linear, this bounds the constant.
+    max_prompt_chars: int = Field(32_768, ge=1, description="longest prompt, negative prompt, hires prompt or "
+                                  "hires negative prompt, each, in characters")
+    max_extra_networks: int = Field(32, ge=0, description="most <lora:...> / <name:...> tags in one prompt")
+    # Time and connections.
+    max_job_seconds: float = Field(600.0, gt=0, description="a job still running after this is interrupted "
+                                   "(it returns the images finished so far)")
+    max_requests: int = Field(64, ge=1, description="HTTP requests in progress at once, more → 503; idle "
+                              "and half-open connections do not count")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a connection may take to send a request's "
+                                  "headers (and may stay idle between requests) before it is closed")
 
 
 class ServeConfig(BaseModel):
@@ -37,6 +48,9 @@ class ServeConfig(BaseModel):
     lora_dir: Path | None = Field(None, description="folder whose LoRAs prompts may use (<lora:name:w>)")
     embeddings_dir: Path | None = Field(None, description="folder of textual-inversion embeddings prompts may "
                                         "use by name (.safetensors; pickles are never read)")
+    upscaler_dir: Path | None = Field(None, description="folder of model upscalers (ESRGAN / Real-ESRGAN / SRVGG "
+                                      ".safetensors) the hires fix and the Extras routes may use by file name, "
+                                      "besides --model-dir's ESRGAN/ and RealESRGAN/ folders")
     vae: str | None = None
     device: str | None = None
     dtype: str | None = None
@@ -47,6 +61,9 @@ class ServeConfig(BaseModel):
     api_token: str | None = Field(None, description="bearer token accepted instead of basic credentials")
     max_queue: int = Field(16, ge=1, description="waiting jobs beyond the running one; more → HTTP 429")
     ui: bool = Field(True, description="mount the Gradio web UI at /")
+    outputs_dir: Path = Field(Path("outputs"), description="where the web UI saves its images, in A1111's layout "
+                              "(txt2img-images/YYYY-MM-DD/NNNNN-SEED.png with infotext); relative to the "
+                              "working directory, as A1111's outputs/")
     nan_check: bool = Field(True, description="refuse images with NaN/inf latents or pixels (A1111's NaN check)")
     limits: ServeLimits = Field(default_factory=ServeLimits)
 

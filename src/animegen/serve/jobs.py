@@ -77,10 +77,12 @@ class ProgressSnapshot:
 class JobQueue:
     """FIFO of at most `max_queue` waiting jobs plus the running one, served by one worker thread."""
 
-    def __init__(self, backend: ModelBackend, selected: CheckpointEntry, max_queue: int):
+    def __init__(self, backend: ModelBackend, selected: CheckpointEntry, max_queue: int,
+                 max_job_seconds: float | None = None):
         self.backend = backend
         self.selected = selected
         self.max_queue = max_queue
+        self.max_job_seconds = max_job_seconds  # a generation running longer is interrupted
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -125,6 +127,21 @@ class JobQueue:
                 return False
             self._current.interrupt.set()
             return True
+
+    def abandon(self, future: Future) -> None:
+        """The caller of `future` went away: a waiting job leaves the queue (its slot is free again at once),
+        the running one is interrupted."""
+        with self._lock:
+            if self._current is not None and self._current.future is future:
+                self._current.interrupt.set()
+                return
+            with self._queue.mutex:  # queue.Queue's own lock and deque
+                for job in self._queue.queue:
+                    if job.future is future:
+                        self._queue.queue.remove(job)
+                        self._queue.not_full.notify()
+                        break
+            future.cancel()  # under the lock: the worker either has made it current (above) or will skip it
 
     def snapshot(self) -> ProgressSnapshot:
         """A consistent copy of the progress state (progress in [0, 1], ETA in seconds)."""
@@ -173,10 +190,15 @@ class JobQueue:
                 job = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if not job.future.set_running_or_notify_cancel():
-                continue  # the caller gave up before the job started
             with self._lock:
+                if not job.future.set_running_or_notify_cancel():
+                    continue  # the caller gave up before the job started
                 self._current, self._step, self._steps, self._started = job, 0, 0, time.time()
+            deadline = None
+            if self.max_job_seconds is not None and job.kind == "generate":
+                deadline = threading.Timer(self.max_job_seconds, job.interrupt.set)
+                deadline.daemon = True
+                deadline.start()
             try:
                 result = self._execute(job)
             except BaseException as exc:
@@ -186,6 +208,8 @@ class JobQueue:
             else:
                 job.future.set_result(result)
             finally:
+                if deadline is not None:
+                    deadline.cancel()
                 with self._lock:
                     self._current = None
                     self._done += 1

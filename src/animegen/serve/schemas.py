@@ -21,7 +21,7 @@ _UNSET = "unset: the preset's value, else animegen's default (size: the model fa
 
 
 class _A1111Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # JSON's NaN/Infinity: 422, not a 500 later
 
 
 class Txt2ImgRequest(_A1111Body):
@@ -50,7 +50,7 @@ class Txt2ImgRequest(_A1111Body):
     hr_second_pass_steps: int = Field(0, ge=0)
     hr_upscaler: str | None = Field(None, description="Latent (default), Latent (antialiased), Latent (bicubic), "
                                     "Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact), "
-                                    "Lanczos, Nearest or None")
+                                    "Lanczos, Nearest, None, or a model upscaler /sdapi/v1/upscalers lists")
     hr_resize_x: int = Field(0, ge=0, description="hires fix: resize to this width instead of hr_scale")
     hr_resize_y: int = Field(0, ge=0, description="hires fix: resize to this height instead of hr_scale")
     hr_sampler_name: str | None = Field(None, description="hires pass sampler; unset: sampler_name")
@@ -81,6 +81,16 @@ class Img2ImgRequest(Txt2ImgRequest):
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     resize_mode: int = 0
     include_init_images: bool = False
+    # inpainting, with A1111's API defaults (its UI's differ: original, whole picture, padding 32)
+    mask: str | None = Field(None, description="base64 inpainting mask: white = regenerate, black = keep (an RGBA "
+                             "mask's alpha where it is transparent); resized to the init image's size")
+    mask_blur: int = Field(4, ge=0, description="Gaussian blur sigma of the mask's edges, in pixels")
+    inpainting_fill: int = Field(0, ge=0, le=3, description="masked content: 0 fill, 1 original, 2 latent noise, "
+                                 "3 latent nothing")
+    inpaint_full_res: bool = Field(True, description="inpaint area: true = only masked (the mask's box, enlarged "
+                                   "to width x height, pasted back), false = whole picture")
+    inpaint_full_res_padding: int = Field(0, ge=0, description="only masked: pixels added around the mask's box")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: inpaint the black (not masked) part")
 
 
 class GenerationResponse(BaseModel):
@@ -142,3 +152,103 @@ class LoraItem(BaseModel):
     alias: str
     path: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SchedulerItem(BaseModel):
+    """`GET /sdapi/v1/schedulers` (A1111 1.10's sd_schedulers entries)."""
+
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+class UpscalerItem(BaseModel):
+    """`GET /sdapi/v1/upscalers`: A1111's shared.sd_upscalers (the built-ins, then the model upscalers)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class SdVaeItem(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str = Field(description="the file name, what A1111's sd_vae option takes")
+    filename: str = Field(description="path relative to --model-dir")
+
+
+class NamedPathItem(BaseModel):
+    """`GET /sdapi/v1/hypernetworks` and `/realesrgan-models` items (animegen has none)."""
+
+    name: str
+    path: str | None = None
+
+
+class PromptStyleItem(BaseModel):
+    """`GET /sdapi/v1/prompt-styles`: animegen's prompt presets are its styles."""
+
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any] = Field(description="free/used/total bytes of system memory (or error)")
+    cuda: dict[str, Any] = Field(description="CUDA system/active/allocated/reserved/inactive/events (or error)")
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str] | None = None
+    img2img: list[str] | None = None
+
+
+class ExtrasBaseRequest(_A1111Body):
+    """A1111's ExtrasBaseRequest: built-in and listed model upscalers (see `animegen.generate.upscale`)."""
+
+    resize_mode: int = Field(0, ge=0, le=1, description="0: scale by upscaling_resize; 1: to upscaling_resize_w x h")
+    show_extras_results: bool = True
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0, description="face restoration: animegen has none, must be 0")
+    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0, description="face restoration: animegen has none, "
+                                         "must be 0")
+    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0)
+    upscaling_resize: float = Field(2.0, gt=0.0, description="scale factor (resize_mode 0)")
+    upscaling_resize_w: int = Field(512, ge=1, description="target width (resize_mode 1)")
+    upscaling_resize_h: int = Field(512, ge=1, description="target height (resize_mode 1)")
+    upscaling_crop: bool = Field(True, description="resize_mode 1: crop the result to exactly w x h")
+    upscaler_1: str = Field("None", description="None, Lanczos, Nearest or a model /sdapi/v1/upscalers lists")
+    upscaler_2: str = Field("None", description="None, Lanczos, Nearest or a model /sdapi/v1/upscalers lists")
+    extras_upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0)
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = Field("", description="base64 image (data: URL accepted)")
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str | None = None
+
+
+class FileData(BaseModel):
+    data: str = Field(description="base64 image")
+    name: str
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData]  # A1111's field name
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]

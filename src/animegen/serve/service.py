@@ -63,6 +63,7 @@ class GeneratorBackend:
         self.catalog = catalog
         self.generator = None
         self.loaded: CheckpointEntry | None = None
+        self.skip_event = threading.Event()  # A1111's /skip; the engine clears it as each batch starts
 
     def load(self, entry: CheckpointEntry) -> None:
         """Free the current model, then load `entry` (never allowing pickle)."""
@@ -76,6 +77,7 @@ class GeneratorBackend:
             self.generator = Generator(
                 str(entry.path), vae=self.config.vae, device=self.config.device, dtype=self.config.dtype,
                 allow_pickle=False, lora_dir=None, nan_check=self.config.nan_check,
+                upscaler_dir=self.catalog.upscaler_folders(),
             )
         except Exception:
             if previous is not None and previous.path != entry.path:
@@ -103,7 +105,7 @@ class GeneratorBackend:
 
         generator = self.generator
         try:
-            images = generator(request, progress=progress, interrupt=interrupt)
+            images = generator(request, progress=progress, interrupt=interrupt, skip=self.skip_event)
         except GenerationInterrupted:
             return GenerationResult([], generator.model_name, generator.model_hash, interrupted=True)
         return GenerationResult(images, generator.model_name, generator.model_hash, interrupt.is_set())
@@ -125,11 +127,11 @@ class ServeService:
     def __init__(self, config: ServeConfig, backend: ModelBackend | None = None):
         self.config = config
         self.limits = config.limits
-        self.catalog = Catalog(config.model, config.model_dir, config.lora_dir)
+        self.catalog = Catalog(config.model, config.model_dir, config.lora_dir, config.upscaler_dir)
         self.backend = backend if backend is not None else GeneratorBackend(config, self.catalog)
         start = self.catalog.start_entry
         self.backend.load(start)  # at start-up, so a bad --model fails before serving
-        self.queue = JobQueue(self.backend, start, config.max_queue)
+        self.queue = JobQueue(self.backend, start, config.max_queue, config.limits.max_job_seconds)
         self._options_lock = threading.Lock()
         self._options = dict(OPTION_DEFAULTS)
 
@@ -170,6 +172,19 @@ class ServeService:
         listing = getattr(self.backend, "embeddings", None)  # stand-in backends have none
         return listing() if listing is not None else {"loaded": {}, "skipped": {}}
 
+    def skip(self) -> None:
+        """A1111's `POST /sdapi/v1/skip`: the running job's current batch stops sampling and is decoded as it is,
+        the job's next batch runs. A skip with no batch sampling is forgotten when the next batch starts."""
+        event = getattr(self.backend, "skip_event", None)  # stand-in backends have none
+        if event is not None:
+            event.set()
+
+    @property
+    def skipping(self) -> bool:
+        """A skip was asked and the current batch has not ended yet (A1111's `state.skipped`)."""
+        event = getattr(self.backend, "skip_event", None)
+        return bool(event is not None and event.is_set())
+
     def find_checkpoint(self, name: Any, field: str) -> CheckpointEntry:
         if not isinstance(name, str):
             raise RequestError(field, f"{field} must be a string model title")
@@ -209,6 +224,20 @@ class ServeService:
             if not ok:
                 raise RequestError(field, message)
 
+    def check_prompts(self, **fields: str) -> None:
+        """Each prompt field (by its A1111 name) within `max_prompt_chars` and valid Unicode (no lone surrogate,
+        which JSON's `\\ud800` escapes can carry and nothing after this could encode)."""
+        limit = self.limits.max_prompt_chars
+        for field, text in fields.items():
+            if len(text) > limit:
+                raise RequestError(field, f"{field} has {len(text)} characters; the server limit is {limit} "
+                                   "(ServeLimits.max_prompt_chars)")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise RequestError(field, f"{field} has a lone surrogate {text[exc.start]!r} at character "
+                                   f"{exc.start}: not valid Unicode text") from None
+
     def split_loras(self, prompt: str) -> tuple[str, list[tuple[str, float | dict[str, float]]]]:
         """Take every `<name:...>` tag out of `prompt` (as A1111), resolving LoRA names inside --lora-dir only.
 
@@ -217,7 +246,14 @@ class ServeService:
         """
         from animegen.prompts.parser import parse_extra_networks
 
-        networks = parse_extra_networks(prompt)
+        try:
+            networks = parse_extra_networks(prompt)
+        except AnimegenError as exc:  # an unreadable <lora:...> tag: the CLI's message, naming the tag
+            raise RequestError("prompt", str(exc)) from None
+        tags, limit = len(networks.loras) + len(networks.unsupported), self.limits.max_extra_networks
+        if tags > limit:
+            raise RequestError("prompt", f"prompt has {tags} extra-network tags (<lora:...> and the like); the "
+                               f"server limit is {limit}")
         networks.warn_ignored()
         loras = []
         for tag in networks.loras:
@@ -241,11 +277,12 @@ class ServeService:
                       hires_schedule_type: str | None = None, hires_prompt: str = "",
                       hires_negative_prompt: str = "", hires_cfg_scale: float | None = None, subseed: int = -1,
                       subseed_strength: float = 0.0, guidance_rescale: float = 0.0,
-                      emphasis: str | None = None) -> GenerationRequest:
+                      emphasis: str | None = None, inpainting: dict[str, Any] | None = None) -> GenerationRequest:
         """Validate everything and build the generator's request (LoRAs resolved to safe paths).
 
         None (sampler, steps, cfg_scale, width, height, preset) means "not sent": resolved later by the
-        preset and the model family, the same way as for `animegen generate`.
+        preset and the model family, the same way as for `animegen generate`. `inpainting` holds the request's
+        mask fields (`mask`, `mask_blur`, `inpainting_fill`, ...: `GenerationRequest`'s names and values).
         """
         if sampler:
             try:
@@ -263,8 +300,11 @@ class ServeService:
             rng = self._options["randn_source"] if rng is None else rng
             ensd = self._options["eta_noise_seed_delta"] if eta_noise_seed_delta is None else eta_noise_seed_delta
         self._check_clip_skip(clip_skip, "CLIP_stop_at_last_layers")
+        self.check_prompts(prompt=prompt, negative_prompt=negative_prompt, hr_prompt=hires_prompt,
+                           hr_negative_prompt=hires_negative_prompt)
         preset = preset or GenerationRequest.preset
         self._check_preset(preset)
+        hires_upscaler = self._check_hires_upscaler(hires_upscaler or GenerationRequest.hires_upscaler)
         clean_prompt, loras = self.split_loras(prompt)
         request = GenerationRequest(
             prompt=clean_prompt, negative_prompt=negative_prompt, preset=preset, sampler=sampler or None,
@@ -272,11 +312,11 @@ class ServeService:
             height=height, clip_skip=clip_skip, loras=loras, n=n_iter * batch_size, batch_size=batch_size,
             init_image=init_image, strength=strength, hires_scale=hires_scale, hires_steps=hires_steps,
             hires_denoise=hires_denoise, rng=rng, eta_noise_seed_delta=ensd, hires=hires,
-            hires_upscaler=hires_upscaler or GenerationRequest.hires_upscaler, hires_resize_x=hires_resize_x,
+            hires_upscaler=hires_upscaler, hires_resize_x=hires_resize_x,
             hires_resize_y=hires_resize_y, hires_sampler=hires_sampler, hires_schedule_type=hires_schedule_type,
             hires_prompt=hires_prompt, hires_negative_prompt=hires_negative_prompt, hires_cfg_scale=hires_cfg_scale,
             subseed=subseed, subseed_strength=subseed_strength, guidance_rescale=guidance_rescale,
-            emphasis=emphasis or GenerationRequest.emphasis,
+            emphasis=emphasis or GenerationRequest.emphasis, **(inpainting or {}),
         )
         try:
             settings = resolve(request, self.backend.default_size)
@@ -299,6 +339,15 @@ class ServeService:
                     check(values[key], key)
                 except AnimegenError as exc:
                     raise RequestError(key, str(exc)) from None
+
+    def _check_hires_upscaler(self, name: str) -> str:
+        """A built-in or a listed upscaler model's name, never a path (the generator finds it in the same folders)."""
+        from animegen.generate.hires import find_hires_upscaler
+
+        try:
+            return find_hires_upscaler(name, self.catalog.upscaler_folders(), allow_path=False, field="hr_upscaler")[0]
+        except AnimegenError as exc:
+            raise RequestError("hr_upscaler", str(exc)) from None
 
     @staticmethod
     def _check_preset(preset: str) -> None:

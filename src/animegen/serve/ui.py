@@ -1,15 +1,25 @@
-"""The Gradio web UI: txt2img, img2img and PNG Info tabs, running on the same job queue as the API.
+"""The Gradio web UI, laid out as A1111 1.10's txt2img / img2img tabs, running on the API's job queue.
 
-Every UI action goes through `ServeService.build_request` and the shared queue, so the UI obeys the
-same limits and LoRA folder rules as the REST API and never runs concurrently with API jobs.
-Sampler, steps, CFG and size start empty and an empty field is sent as unset, so the preset's values
-and then the model family's defaults apply (`animegen.generate.request.resolve`), as on the CLI; the
-UI holds no copy of those defaults.
+Layout (A1111 1.10's `modules/ui.py` + `ui_toprow.py`): a quick-settings row on top (checkpoint with refresh,
+VAE, clip skip); per tab a top row with the prompts on the left and Generate / Interrupt / Skip and the style
+(our prompt presets) on the right; below it the extra-network pickers (LoRA, embeddings, each with refresh),
+then the settings column (sampler, schedule type, steps; hires fix; size and batch; CFG; seed with 🎲 / ♻️ and
+the variation seed; override settings) beside the output column (gallery, send-to buttons, infotext).
+
+Every action goes through `ServeService` (`ui_run`), so the UI obeys the API's limits and queue: Interrupt is
+the API's /interrupt (the running job stops), Skip its /skip (the current batch ends, the next one runs), the
+checkpoint picker its `sd_model_checkpoint` option (a switch queued after the waiting jobs). The VAE is shown,
+not switched: the server loads it at start (--vae). Images are saved to `outputs_dir` (`ui_run`). The forms are
+data (`ui_form`): sampler, steps, CFG and size start empty and an empty field is sent as unset, so the preset's
+values and then the model family's apply (`animegen.generate.request.resolve`); the UI holds no copy of those
+defaults. Choices come from their homes: samplers (`generate.samplers`), schedule types (`generate.schedules`),
+hires upscalers (`generate.hires`, then the model upscalers of `serve.catalog`), checkpoints and LoRAs
+(`serve.catalog`), embeddings (the loaded model's library), styles (`prompts.presets`).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -21,39 +31,18 @@ from animegen.generate import (
     read_png_infotext,
     request_from_infotext,
 )
-from animegen.serve.codec import to_rgb
-from animegen.serve.jobs import QueueFullError, ServerClosedError
-from animegen.serve.service import RequestError, ServeService
+from animegen.generate.hires import DEFAULT_HIRES_UPSCALER, HIRES_UPSCALERS
+from animegen.generate.request import lora_tag_text
+from animegen.generate.schedules import SCHEDULE_TYPES
+from animegen.serve import ui_form as form
+from animegen.serve import ui_run as run
+from animegen.serve.service import ServeService
 
-
-def _wait(future: Future, service: ServeService, progress: gr.Progress):
-    """Block until the job is done, mirroring the worker's step counter into Gradio's progress bar."""
-    while True:
-        try:
-            return future.result(timeout=0.25)
-        except TimeoutError:
-            snap = service.queue.snapshot()
-            if snap.sampling_steps:
-                progress((snap.sampling_step, snap.sampling_steps), desc="sampling", unit="steps")
-            else:
-                progress(None, desc=f"queued ({snap.queued} waiting)")
-
-
-def _run(service: ServeService, label: str, progress: gr.Progress, **fields) -> tuple[list, list[str]]:
-    """Validate, queue and wait; user errors become `gr.Error` pop-ups instead of tracebacks."""
-    try:
-        request = service.build_request(**fields)
-        future = service.submit(request, label=label)
-    except RequestError as exc:
-        raise gr.Error(f"{exc.field}: {exc.message}") from None
-    except (QueueFullError, ServerClosedError) as exc:
-        raise gr.Error(str(exc)) from None
-    try:
-        result = _wait(future, service, progress)
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
-    gallery = [(im.image, im.infotext) for im in result.images]
-    return gallery, [im.infotext for im in result.images]
+# A1111's tool-button symbols, from fonts every browser has (its emoji show as boxes without an emoji font)
+REFRESH, RANDOM, REUSE, SWITCH = "↻", "⚄", "♻", "⇅"
+UNSET = "preset's, else the model's"
+# Number fields carry no minimum/maximum: Gradio's own bound check would print a traceback for each refusal;
+# the service checks them against the server limits, naming the field, as for the API.
 
 
 def _preset_names() -> list[str]:
@@ -62,193 +51,351 @@ def _preset_names() -> list[str]:
     return [p.name for p in list_presets()]
 
 
-def _optional(value, kind):
-    """An empty UI field (None / "") is "not set": the preset or the model family decides."""
-    return None if value in (None, "") else kind(value)
+def _choices(service: ServeService) -> dict[str, list]:
+    """The pickers' current choices, each from its home (re-read by the refresh buttons)."""
+    return {
+        "checkpoints": [entry.title for entry in service.catalog.checkpoints()],
+        "loras": [entry.name for entry in service.catalog.loras()],
+        "embeddings": sorted(service.embeddings()["loaded"]),
+        "vaes": [entry.name for entry in service.catalog.vaes()],
+        "hires_upscalers": [*HIRES_UPSCALERS, *(e.name for e in service.catalog.upscalers() if e.path is not None)],
+    }
 
 
-def settings_fields(sampler, steps, cfg, width, height) -> dict[str, Any]:
-    """The generation settings of a UI form, empty ones left unset."""
-    return {"sampler": _optional(sampler, str), "steps": _optional(steps, int),
-            "cfg_scale": _optional(cfg, float), "width": _optional(width, int), "height": _optional(height, int)}
+def _tool(value: str, elem_id: str) -> gr.Button:
+    return gr.Button(value, elem_id=elem_id, size="sm", scale=0, min_width=42)
 
 
-def txt2img_fields(prompt, negative, preset, sampler, steps, cfg, width, height, seed, count) -> dict[str, Any]:
-    """The txt2img form's values as `ServeService.build_request` keywords."""
-    return {"prompt": prompt, "negative_prompt": negative, "preset": preset,
-            **settings_fields(sampler, steps, cfg, width, height),
-            "seed": int(seed if seed is not None else -1), "n_iter": int(count)}
+# ------------------------------------------------------------------------------------------ layout pieces
+def _toprow(kind: str, c: dict[str, Any]) -> None:
+    """Prompts on the left; Generate with Interrupt / Skip and the style on the right (A1111's Toprow)."""
+    with gr.Row(elem_id=f"{kind}_toprow", equal_height=False):
+        with gr.Column(scale=6):
+            c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{kind}_prompt",
+                                     placeholder="Prompt (A1111 syntax: (word:1.2), [from:to:when], <lora:name:w>)")
+            c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{kind}_neg_prompt",
+                                              placeholder="Negative prompt")
+        with gr.Column(scale=1, min_width=220):
+            c["generate"] = gr.Button("Generate", variant="primary", size="lg", elem_id=f"{kind}_generate")
+            with gr.Row():
+                c["interrupt"] = gr.Button("Interrupt", size="sm", elem_id=f"{kind}_interrupt")
+                c["skip"] = gr.Button("Skip", size="sm", elem_id=f"{kind}_skip")
+            c["preset"] = gr.Dropdown(_preset_names(), value=GenerationRequest.preset, label="Style (prompt preset)",
+                                      elem_id=f"{kind}_styles")
 
 
-def _settings_row(samplers: list[str], lim, prefix: str) -> tuple:
-    """Sampler, steps, CFG, width, height inputs; all start empty (= the preset's, else the default)."""
-    unset = "preset's, else default"
-    ids = {name: f"{prefix}_{name}" for name in ("sampler", "steps", "cfg", "width", "height")}
-    sampler = gr.Dropdown([(f"({unset})", ""), *samplers], value="", label="Sampler", elem_id=ids["sampler"])
-    steps = gr.Number(None, minimum=1, maximum=lim.max_steps, precision=0, label="Steps", placeholder=unset,
-                      elem_id=ids["steps"])
-    cfg = gr.Number(None, minimum=0, maximum=30, step=0.5, label="CFG scale", placeholder=unset,
-                    elem_id=ids["cfg"])
-    width = gr.Number(None, minimum=64, maximum=lim.max_width, step=8, precision=0, label="Width",
-                      placeholder="preset's, else the model's", elem_id=ids["width"])
-    height = gr.Number(None, minimum=64, maximum=lim.max_height, step=8, precision=0, label="Height",
-                       placeholder="preset's, else the model's", elem_id=ids["height"])
-    return sampler, steps, cfg, width, height
+def _networks(kind: str, c: dict[str, Any], choices: dict[str, list]) -> None:
+    """LoRA and embedding pickers that insert their tag into the prompt, each with a refresh button."""
+    with gr.Row(elem_id=f"{kind}_extra_networks", equal_height=False):
+        c["lora"] = gr.Dropdown(choices["loras"], value=None, label="LoRA", elem_id=f"{kind}_lora", scale=3)
+        c["refresh_loras"] = _tool(REFRESH, f"{kind}_refresh_loras")
+        c["lora_weight"] = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight", elem_id=f"{kind}_lora_weight",
+                                     scale=2)
+        c["add_lora"] = gr.Button("Add LoRA", size="sm", elem_id=f"{kind}_add_lora", scale=1)
+        c["embedding"] = gr.Dropdown(choices["embeddings"], value=None, label="Embedding",
+                                     elem_id=f"{kind}_embedding", scale=3)
+        c["refresh_embeddings"] = _tool(REFRESH, f"{kind}_refresh_embeddings")
+        c["add_embedding"] = gr.Button("Add embedding", size="sm", elem_id=f"{kind}_add_embedding", scale=1)
 
 
-def _add_lora(prompt: str, name: str | None, weight: float) -> str:
-    if not name:
-        raise gr.Error("pick a LoRA first")
-    tag = f"<lora:{name}:{weight:g}>"
-    return f"{prompt.rstrip()} {tag}".strip()
+def _sampler_rows(kind: str, c: dict[str, Any]) -> None:
+    with gr.Row():
+        c["sampler"] = gr.Dropdown([(f"({UNSET})", ""), *SAMPLERS], value="", label="Sampling method",
+                                   elem_id=f"{kind}_sampling")
+        c["schedule_type"] = gr.Dropdown(list(SCHEDULE_TYPES), value="Automatic", label="Schedule type",
+                                         elem_id=f"{kind}_scheduler")
+        c["steps"] = gr.Number(None, precision=0, label="Sampling steps",
+                               placeholder=UNSET, elem_id=f"{kind}_steps")
 
 
-def _selected_infotext(infotexts: list[str], evt: gr.SelectData) -> tuple[str, int]:
-    index = evt.index if isinstance(evt.index, int) else 0
-    return (infotexts[index] if 0 <= index < len(infotexts) else ""), index
+def _hires(c: dict[str, Any], lim, upscalers: list[str]) -> None:
+    """A1111's "Hires. fix" accordion: upscaler, steps, denoise, scale or resize-to, sampler, prompts."""
+    c["hires"] = gr.Checkbox(False, label="Hires. fix", elem_id="txt2img_enable_hr")
+    with gr.Accordion("Hires. fix settings", open=False, elem_id="txt2img_hr") as c["hires_panel"]:
+        with gr.Row():
+            c["hires_upscaler"] = gr.Dropdown(upscalers, value=DEFAULT_HIRES_UPSCALER, label="Upscaler",
+                                              elem_id="txt2img_hr_upscaler")
+            c["hires_steps"] = gr.Slider(0, lim.max_steps, value=0, step=1, label="Hires steps (0: same)",
+                                         elem_id="txt2img_hires_steps")
+            c["hires_denoise"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                           elem_id="txt2img_hr_denoise")
+        with gr.Row():
+            c["hires_scale"] = gr.Slider(1, 4, value=2.0, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+            c["hires_resize_x"] = gr.Slider(0, lim.max_width, value=0, step=8, label="Resize width to",
+                                            elem_id="txt2img_hr_resize_x")
+            c["hires_resize_y"] = gr.Slider(0, lim.max_height, value=0, step=8, label="Resize height to",
+                                            elem_id="txt2img_hr_resize_y")
+        with gr.Row():
+            c["hires_sampler"] = gr.Dropdown([form.SAME_SAMPLER, *SAMPLERS], value=form.SAME_SAMPLER,
+                                             label="Hires sampling method", elem_id="hr_sampler")
+            c["hires_schedule_type"] = gr.Dropdown([form.SAME_SCHEDULE, *SCHEDULE_TYPES], value=form.SAME_SCHEDULE,
+                                                   label="Hires schedule type", elem_id="hr_scheduler")
+        with gr.Row():
+            c["hires_prompt"] = gr.Textbox(label="Hires prompt", lines=2, placeholder="(the prompt)",
+                                           elem_id="hires_prompt")
+            c["hires_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                    placeholder="(the negative prompt)", elem_id="hires_neg_prompt")
+
+
+def _size_rows(kind: str, c: dict[str, Any], lim) -> None:
+    with gr.Row(equal_height=True):
+        c["width"] = gr.Number(None, step=8, precision=0, label="Width",
+                               placeholder=UNSET, elem_id=f"{kind}_width")
+        c["switch_size"] = _tool(SWITCH, f"{kind}_res_switch_btn")
+        c["height"] = gr.Number(None, step=8, precision=0, label="Height",
+                                placeholder=UNSET, elem_id=f"{kind}_height")
+        c["n_iter"] = gr.Slider(1, lim.max_images, value=1, step=1, label="Batch count", elem_id=f"{kind}_batch_count")
+        c["batch_size"] = gr.Slider(1, lim.max_images, value=1, step=1, label="Batch size",
+                                    elem_id=f"{kind}_batch_size")
+    c["cfg_scale"] = gr.Number(None, step=0.5, label="CFG Scale", placeholder=UNSET,
+                               elem_id=f"{kind}_cfg_scale")
+
+
+def _seed_rows(kind: str, c: dict[str, Any]) -> None:
+    """Seed with 🎲 (random) and ♻️ (the selected image's), and A1111's "Extra" variation seed."""
+    with gr.Row(equal_height=True):
+        c["seed"] = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id=f"{kind}_seed", scale=4)
+        c["random_seed"] = _tool(RANDOM, f"{kind}_random_seed")
+        c["reuse_seed"] = _tool(REUSE, f"{kind}_reuse_seed")
+        c["extra"] = gr.Checkbox(False, label="Extra", elem_id=f"{kind}_subseed_show", scale=1)
+    with gr.Row(visible=False) as c["extra_row"]:
+        c["subseed"] = gr.Number(-1, precision=0, label="Variation seed", elem_id=f"{kind}_subseed")
+        c["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                          elem_id=f"{kind}_subseed_strength")
+    c["overrides"] = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True, label="Override settings",
+                                 info="settings pasted from an infotext that have no control here (RNG, ENSD, ...)",
+                                 elem_id=f"{kind}_override_settings")
+
+
+def _output_panel(kind: str, c: dict[str, Any]) -> None:
+    """Gallery (output only: no upload box), send-to buttons, where the images went and their infotext."""
+    c["gallery"] = gr.Gallery(label="Output", format="png", columns=2, height=560, interactive=False,
+                              elem_id=f"{kind}_gallery", buttons=["download", "fullscreen"])
+    with gr.Row():
+        c["send_to_img2img"] = gr.Button("Send to img2img", size="sm", elem_id=f"{kind}_send_to_img2img")
+        if kind == "img2img":
+            c["send_to_txt2img"] = gr.Button("Send to txt2img", size="sm", elem_id="img2img_send_to_txt2img")
+    c["saved"] = gr.Markdown("", elem_id=f"{kind}_saved")
+    c["infotext"] = gr.Textbox(label="Generation parameters of the selected image", lines=4, interactive=False,
+                               elem_id=f"{kind}_infotext")
+    c["images"] = gr.State([])  # the GeneratedImages shown, for send-to and ♻️
+    c["selected"] = gr.State(0)
+
+
+def _generation_tab(kind: str, service: ServeService, choices: dict[str, list], clip_skip) -> dict[str, Any]:
+    lim, c = service.limits, {"clip_skip": clip_skip}
+    _toprow(kind, c)
+    _networks(kind, c, choices)
+    with gr.Row(equal_height=False, elem_id=f"{kind}_interface"):
+        with gr.Column(scale=1, variant="compact", elem_id=f"{kind}_settings"):
+            if kind == "img2img":
+                c["init_image"] = gr.Image(type="filepath", image_mode=None, label="Image for img2img", height=320,
+                                           sources=["upload", "clipboard"], elem_id="img2img_image")
+            gr.Markdown("Empty or 0: the style's setting, else the model's default.", elem_id=f"{kind}_unset_note")
+            _sampler_rows(kind, c)
+            if kind == "txt2img":
+                _hires(c, lim, choices["hires_upscalers"])
+            _size_rows(kind, c, lim)
+            if kind == "img2img":
+                c["strength"] = gr.Slider(0.01, 1.0, value=GenerationRequest.strength, step=0.01,
+                                          label="Denoising strength", elem_id="img2img_denoising_strength")
+            _seed_rows(kind, c)
+        with gr.Column(scale=1, elem_id=f"{kind}_results"):
+            _output_panel(kind, c)
+    return c
+
+
+# ------------------------------------------------------------------------------------------ the app
+@dataclass
+class UiParts:
+    """The built app and each generation tab's controls by name (`ui_form` field names, plus buttons)."""
+
+    demo: gr.Blocks
+    txt2img: dict[str, Any]
+    img2img: dict[str, Any]
 
 
 def build_ui(service: ServeService) -> gr.Blocks:
     """The Blocks app `create_app` mounts at `/`."""
-    lim = service.limits
-    lora_names = [entry.name for entry in service.catalog.loras()]
-    samplers = list(SAMPLERS)
+    return build_parts(service).demo
 
-    with gr.Blocks(title="animegen") as demo:
-        gr.Markdown("## animegen — anime image generation")
+
+def build_parts(service: ServeService) -> UiParts:
+    """Build the app; the tabs' controls come back by name for tests and embedding apps."""
+    choices = _choices(service)
+    options = service.options()
+    vae = service.config.vae
+    with gr.Blocks(title="animegen", fill_width=True) as demo:
+        with gr.Row(elem_id="quicksettings", equal_height=True):
+            checkpoint = gr.Dropdown(choices["checkpoints"], value=options["sd_model_checkpoint"],
+                                     label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint",
+                                     scale=3)
+            refresh_checkpoints = _tool(REFRESH, "refresh_sd_model_checkpoint")
+            gr.Dropdown(["Automatic", *choices["vaes"]], value=vae or "Automatic", label="SD VAE", interactive=False,
+                        allow_custom_value=True, scale=2, elem_id="setting_sd_vae",
+                        info="set when the server starts (--vae); switching it here is not supported yet")
+            clip_skip = gr.Slider(1, 12, value=options["CLIP_stop_at_last_layers"], step=1,
+                                  label="Clip skip", elem_id="setting_CLIP_stop_at_last_layers", scale=2)
         with gr.Tabs(elem_id="tabs") as tabs:
-            # ---------------------------------------------------------------- txt2img
             with gr.Tab("txt2img", id="txt2img"):
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt")
-                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_negative")
-                with gr.Row():
-                    preset = gr.Dropdown(_preset_names(), value=GenerationRequest.preset, label="Preset",
-                                         elem_id="txt2img_preset")
-                    sampler, steps, cfg, width, height = _settings_row(samplers, lim, "txt2img")
-                with gr.Row():
-                    seed = gr.Number(-1, precision=0, label="Seed (-1: random)", elem_id="txt2img_seed")
-                    count = gr.Slider(1, lim.max_images, value=1, step=1, label="Images", elem_id="txt2img_count")
-                with gr.Row():
-                    lora = gr.Dropdown(lora_names, value=None, label="LoRA", elem_id="txt2img_lora")
-                    lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight",
-                                            elem_id="txt2img_lora_weight")
-                    add_lora = gr.Button("Add LoRA to prompt", elem_id="txt2img_add_lora")
-                with gr.Row():
-                    generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-                    interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
-                gallery = gr.Gallery(label="Images", format="png", columns=2, elem_id="txt2img_gallery")
-                infotext = gr.Textbox(label="Infotext of the selected image", lines=4, interactive=False,
-                                      elem_id="txt2img_infotext")
-                send_to_img2img = gr.Button("Send to img2img", elem_id="txt2img_send_to_img2img")
-                infotexts = gr.State([])
-                selected = gr.State(0)
-
-            # ---------------------------------------------------------------- img2img
+                t2i = _generation_tab("txt2img", service, choices, clip_skip)
             with gr.Tab("img2img", id="img2img"):
-                init_image = gr.Image(type="pil", label="Init image", elem_id="img2img_init")
-                prompt2 = gr.Textbox(label="Prompt", lines=3, elem_id="img2img_prompt")
-                negative2 = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img_negative")
-                with gr.Row():
-                    sampler2, steps2, cfg2, width2, height2 = _settings_row(samplers, lim, "img2img")
-                with gr.Row():
-                    strength = gr.Slider(0.01, 1.0, value=GenerationRequest.strength, step=0.01,
-                                         label="Denoising strength")
-                    seed2 = gr.Number(-1, precision=0, label="Seed (-1: random)")
-                generate2 = gr.Button("Generate", variant="primary", elem_id="img2img_generate")
-                gallery2 = gr.Gallery(label="Images", format="png", columns=2, elem_id="img2img_gallery")
-                infotext2 = gr.Textbox(label="Infotext", lines=4, interactive=False, elem_id="img2img_infotext")
+                i2i = _generation_tab("img2img", service, choices, clip_skip)
+            with gr.Tab("PNG Info", id="pnginfo"), gr.Row(equal_height=False):
+                with gr.Column():
+                    png_file = gr.File(label="PNG file", file_types=[".png"], type="filepath", elem_id="pnginfo_file")
+                with gr.Column():
+                    png_text = gr.Textbox(label="Parameters", lines=5, interactive=False, elem_id="pnginfo_text")
+                    png_fields = gr.JSON(label="Parsed")
+                    with gr.Row():
+                        png_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
+                        png_to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
+                        rerun = gr.Button("Re-run", variant="primary", elem_id="pnginfo_rerun")
 
-            # ---------------------------------------------------------------- PNG Info
-            with gr.Tab("PNG Info", id="pnginfo"):
-                png_file = gr.File(label="PNG file", file_types=[".png"], type="filepath", elem_id="pnginfo_file")
-                png_text = gr.Textbox(label="Parameters", lines=5, interactive=False, elem_id="pnginfo_text")
-                png_fields = gr.JSON(label="Parsed")
-                with gr.Row():
-                    send_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img")
-                    rerun = gr.Button("Re-run", variant="primary", elem_id="pnginfo_rerun")
+        # ------------------------------------------------------------------ quick settings
+        def pick_checkpoint(title, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+            return run.switch_checkpoint(service, title, progress)
 
-        # -------------------------------------------------------------------- events
-        txt2img_inputs = [prompt, negative, preset, sampler, steps, cfg, width, height, seed, count]
+        checkpoint.input(pick_checkpoint, checkpoint, checkpoint)
+        refresh_checkpoints.click(lambda: gr.Dropdown(choices=_choices(service)["checkpoints"]), None, checkpoint,
+                                  queue=False)
 
-        def run_txt2img(prompt_, negative_, preset_, sampler_, steps_, cfg_, width_, height_, seed_, count_,
-                        progress=gr.Progress()):
-            images, texts = _run(service, "txt2img (ui)", progress,
-                                 **txt2img_fields(prompt_, negative_, preset_, sampler_, steps_, cfg_, width_,
-                                                  height_, seed_, count_))
-            return images, texts, (texts[0] if texts else ""), 0
+        # ------------------------------------------------------------------ both generation tabs
+        for kind, c, spec in (("txt2img", t2i, form.TXT2IMG), ("img2img", i2i, form.IMG2IMG)):
+            _wire_tab(service, kind, c, spec)
 
-        generate.click(run_txt2img, txt2img_inputs, [gallery, infotexts, infotext, selected],
-                       concurrency_limit=None)
-        interrupt.click(lambda: service.queue.interrupt() and None, None, None, queue=False)
-        add_lora.click(_add_lora, [prompt, lora, lora_weight], prompt)
-        gallery.select(_selected_infotext, infotexts, [infotext, selected])
+        # ------------------------------------------------------------------ send to ...
+        t2i_fields = [t2i[n] for n in form.names(form.TXT2IMG)]
+        i2i_fields = [i2i[n] for n in form.names(form.IMG2IMG)]
 
-        def to_img2img(gallery_value, index, texts):
-            if not gallery_value:
-                raise gr.Error("generate an image first")
-            index = index if 0 <= index < len(gallery_value) else 0
-            image = gallery_value[index][0]
-            fields = parse_infotext(texts[index]) if index < len(texts) else {}
-            return (image, fields.get("Prompt", ""), fields.get("Negative prompt", ""),
-                    gr.Tabs(selected="img2img"))
+        def to_img2img(images, index):
+            if not images:
+                raise run.user_error("generate an image first")
+            chosen = images[index if 0 <= index < len(images) else 0]
+            values = form.form_values(form.IMG2IMG, _request(chosen.infotext), chosen.image.size)
+            return [chosen.image, *_fill(form.IMG2IMG, values), gr.Tabs(selected="img2img")]
 
-        send_to_img2img.click(to_img2img, [gallery, selected, infotexts],
-                              [init_image, prompt2, negative2, tabs])
+        def to_txt2img(images, index):
+            if not images:
+                raise run.user_error("generate an image first")
+            chosen = images[index if 0 <= index < len(images) else 0]
+            return [*_fill(form.TXT2IMG, form.form_values(form.TXT2IMG, _request(chosen.infotext))),
+                    gr.Tabs(selected="txt2img")]
 
-        def run_img2img(image, prompt_, negative_, sampler_, steps_, cfg_, strength_, width_, height_, seed_,
-                        progress=gr.Progress()):
-            if image is None:
-                raise gr.Error("upload an init image (or use 'Send to img2img')")
-            if isinstance(image, str):
-                from PIL import Image
+        for c in (t2i, i2i):
+            c["send_to_img2img"].click(to_img2img, [c["images"], c["selected"]],
+                                       [i2i["init_image"], *i2i_fields, tabs])
+        i2i["send_to_txt2img"].click(to_txt2img, [i2i["images"], i2i["selected"]], [*t2i_fields, tabs])
 
-                image = Image.open(image)
-            image = to_rgb(image)  # the engine resizes it to the resolved width x height
-            images, texts = _run(service, "img2img (ui)", progress, prompt=prompt_, negative_prompt=negative_,
-                                 **settings_fields(sampler_, steps_, cfg_, width_, height_),
-                                 seed=int(seed_ if seed_ is not None else -1), init_image=image,
-                                 strength=float(strength_))
-            return images, "\n\n".join(texts)
-
-        generate2.click(run_img2img, [init_image, prompt2, negative2, sampler2, steps2, cfg2, strength, width2,
-                                      height2, seed2], [gallery2, infotext2], concurrency_limit=None)
-
+        # ------------------------------------------------------------------ PNG Info
         def read_png(path: str | None):
             if not path:
                 return "", {}
             try:
                 text = read_png_infotext(path)
             except Exception as exc:  # noqa: BLE001 - any unreadable upload is a user error
-                raise gr.Error(f"cannot read {path}: {exc}") from None
+                raise run.user_error(f"cannot read {path}: {exc}") from None
             if not text:
                 return "", {"error": "this PNG has no generation parameters"}
             return text, parse_infotext(text)
 
         png_file.change(read_png, png_file, [png_text, png_fields])
 
-        def to_txt2img(text: str):
+        def png_txt2img(text: str):
             if not text:
-                raise gr.Error("drop a PNG with generation parameters first")
-            try:
-                req = request_from_infotext(text)
-            except ValueError as exc:
-                raise gr.Error(str(exc)) from None
-            return (req.prompt, req.negative_prompt, req.preset, req.sampler or "", req.steps, req.cfg_scale,
-                    req.width, req.height, req.seed, gr.Tabs(selected="txt2img"))
+                raise run.user_error("drop a PNG with generation parameters first")
+            return [*_fill(form.TXT2IMG, form.form_values(form.TXT2IMG, _request(text))), gr.Tabs(selected="txt2img")]
 
-        fill_outputs = [prompt, negative, preset, sampler, steps, cfg, width, height, seed, tabs]
-        send_to_txt2img.click(to_txt2img, png_text, fill_outputs)
-        rerun.click(to_txt2img, png_text, fill_outputs).then(
-            _rerun_with_count_one(run_txt2img), txt2img_inputs, [gallery, infotexts, infotext, selected])
-    return demo
+        def png_img2img(text: str, path: str | None):
+            if not text or not path:
+                raise run.user_error("drop a PNG with generation parameters first")
+            image = run.open_init_image(path, service)
+            values = form.form_values(form.IMG2IMG, _request(text), image.size)
+            return [image, *_fill(form.IMG2IMG, values), gr.Tabs(selected="img2img")]
+
+        png_to_txt2img.click(png_txt2img, png_text, [*t2i_fields, tabs])
+        png_to_img2img.click(png_img2img, [png_text, png_file], [i2i["init_image"], *i2i_fields, tabs])
+
+        def rerun_one(*values, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+            """Re-running a PNG's parameters makes exactly that one image again (same seed)."""
+            fields = dict(zip(form.names(form.TXT2IMG), values))
+            fields.update(n_iter=1, batch_size=1)
+            return _generate(service, "txt2img", form.TXT2IMG, fields, progress)
+
+        rerun.click(png_txt2img, png_text, [*t2i_fields, tabs]).success(
+            rerun_one, t2i_fields, _result_outputs(t2i))
+    return UiParts(demo, t2i, i2i)
 
 
-def _rerun_with_count_one(run) -> Any:
-    """Re-running a PNG's parameters makes exactly that one image again (same seed)."""
+# ------------------------------------------------------------------------------------------ events
+def _request(infotext: str) -> GenerationRequest:
+    try:
+        return request_from_infotext(infotext)
+    except ValueError as exc:
+        raise run.user_error(f"cannot use these parameters: {exc}") from None
 
-    def rerun(*values, progress=gr.Progress()):
-        values = list(values)
-        values[-1] = 1
-        return run(*values, progress=progress)
 
-    return rerun
+def _fill(spec, values: dict[str, Any]) -> list:
+    """One output per form control: the new value, or `gr.update()` (left as it is) where `values` has none."""
+    return [values[name] if name in values else gr.update() for name in form.names(spec)]
+
+
+def _result_outputs(c: dict[str, Any]) -> list:
+    return [c["gallery"], c["images"], c["infotext"], c["selected"], c["saved"]]
+
+
+def _generate(service: ServeService, kind: str, spec, fields: dict[str, Any], progress) -> tuple:
+    try:
+        kwargs = form.request_kwargs(spec, fields)
+    except form.FormError as exc:
+        raise run.user_error(str(exc)) from None
+    if kind == "img2img":
+        kwargs["init_image"] = run.open_init_image(fields["init_image"], service)
+    images, saved = run.run_generation(service, kind, kwargs, progress)
+    where = sorted({str(path.parent) for path in saved})
+    note = f"Saved {len(saved)} image(s) to `{', '.join(where)}`" if saved else ""
+    return ([(im.image, im.infotext) for im in images], images, images[0].infotext if images else "", 0, note)
+
+
+def _wire_tab(service: ServeService, kind: str, c: dict[str, Any], spec) -> None:
+    inputs = [c[n] for n in form.names(spec)] + ([c["init_image"]] if kind == "img2img" else [])
+    keys = form.names(spec) + (["init_image"] if kind == "img2img" else [])
+
+    def generate(*values, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
+        return _generate(service, kind, spec, dict(zip(keys, values)), progress)
+
+    c["generate"].click(generate, inputs, _result_outputs(c), concurrency_limit=None, api_name=f"{kind}_generate")
+    c["interrupt"].click(lambda: service.queue.interrupt() and None, None, None, queue=False)
+    c["skip"].click(service.skip, None, None, queue=False)  # A1111 Skip: this batch ends, the next runs
+
+    def select(images, evt: gr.SelectData):
+        index = evt.index if isinstance(evt.index, int) else 0
+        return (images[index].infotext if 0 <= index < len(images) else ""), index
+
+    c["gallery"].select(select, c["images"], [c["infotext"], c["selected"]])
+    c["random_seed"].click(lambda: -1, None, c["seed"], queue=False)
+
+    def reuse_seed(images, index):
+        return form.seed_of(images[index].infotext) if 0 <= index < len(images) else -1
+
+    c["reuse_seed"].click(reuse_seed, [c["images"], c["selected"]], c["seed"], queue=False)
+    c["extra"].change(lambda show: gr.Row(visible=show), c["extra"], c["extra_row"], queue=False)
+    if "hires" in c:  # ticking "Hires. fix" opens its settings, as A1111's InputAccordion
+        c["hires"].input(lambda on: gr.Accordion(open=on), c["hires"], c["hires_panel"], queue=False)
+    c["switch_size"].click(lambda w, h: (h, w), [c["width"], c["height"]], [c["width"], c["height"]], queue=False)
+
+    def add_lora(prompt, name, weight):
+        if not name:
+            raise run.user_error("pick a LoRA first")
+        return form.add_to_prompt(prompt, lora_tag_text(name, weight))
+
+    def add_embedding(prompt, name):
+        if not name:
+            raise run.user_error("pick an embedding first")
+        return form.add_to_prompt(prompt, name)
+
+    c["add_lora"].click(add_lora, [c["prompt"], c["lora"], c["lora_weight"]], c["prompt"])
+    c["add_embedding"].click(add_embedding, [c["prompt"], c["embedding"]], c["prompt"])
+    c["refresh_loras"].click(lambda: gr.Dropdown(choices=_choices(service)["loras"]), None, c["lora"], queue=False)
+    c["refresh_embeddings"].click(lambda: gr.Dropdown(choices=_choices(service)["embeddings"]), None,
+                                  c["embedding"], queue=False)
