@@ -2,7 +2,7 @@
 by animegen vs reading its bytes (`cat file > /dev/null`), with the loader's peak RSS against the file size.
 
 The file is written once (fp16, ~6.9 GB for SDXL, ~2.1 GB for SD1.5) into `--dir`; each load runs in a
-fresh process so its peak RSS (`ru_maxrss`) is its own, and the process's RSS after importing torch and
+fresh process so its peak RSS (`VmHWM`) is its own, and the process's RSS after importing torch and
 diffusers is reported as the baseline. `cat` runs right before each load, so both read a warm page cache
 (the load's time is then conversion and copying, not the disk).
 
@@ -66,6 +66,15 @@ def cat_seconds(path: Path) -> float:
     return time.perf_counter() - t0
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident set (`VmHWM`), in GiB. Not `ru_maxrss`: Linux carries that over from the
+    parent through fork and exec, so a child of a parent that just wrote a 7 GB file starts at 7 GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def child(path: str, dtype: str) -> None:
     """Runs in its own process: load once, print seconds and RSS figures (GiB) as JSON."""
     import accelerate  # noqa: F401  (what the loader imports, imported before the baseline and the clock)
@@ -75,13 +84,13 @@ def child(path: str, dtype: str) -> None:
 
     from animegen.models.single_file import load_single_file
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    base = peak_rss_gib()
     t0 = time.perf_counter()
     pipe = load_single_file(path, dtype=getattr(torch, dtype))
     seconds = time.perf_counter() - t0
     params = sum(p.numel() * p.element_size() for m in pipe.components.values()
                  if isinstance(m, torch.nn.Module) for p in m.parameters())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_gib()
     print(json.dumps({"load_s": seconds, "baseline_rss_gib": base, "peak_rss_gib": peak,
                       "loaded_weights_gib": params / 2**30}))
 

@@ -77,8 +77,9 @@ def build_generator(tiny: bool, lora_dir: Path):
     from animegen.generate import Generator
 
     if tiny:
-        from animegen.models.tiny import build_tiny_components
         from diffusers import StableDiffusionPipeline
+
+        from animegen.models.tiny import build_tiny_components
 
         pipe = StableDiffusionPipeline(**build_tiny_components("sd15"), requires_safety_checker=False)
     else:
@@ -89,9 +90,9 @@ def build_generator(tiny: bool, lora_dir: Path):
 
 
 def instrument(gen) -> Timers:
-    import animegen.generate.engine as engine
     import animegen.models.lora as lora_pkg
-    import animegen.prompts.encode as encode
+    from animegen.generate import engine
+    from animegen.prompts import encode
 
     timers = Timers()
     kp = gen.sampling()

@@ -120,7 +120,11 @@ def main(argv=None) -> None:
     parts += [run_script("train.py", ["--mode", mode], args.script_timeout) for mode in train_modes]
     parts += ["## Data (bench/data.py)", "",
               run_script("data.py", ["--real-size"] if cuda and not args.quick else [], args.script_timeout)]
-    args.out.write_text("\n".join(parts))
+    body = "\n".join(parts)
+    if args.out.exists():  # earlier measurements (other devices, the CPU ledger) stay below this run's
+        earlier = args.out.read_text().removeprefix("# animegen benchmark results").lstrip("\n")
+        body += "\n\n---\n\n# Earlier results (kept by run_all.py)\n\n" + earlier
+    args.out.write_text(body)
     print(f"wrote {args.out}", file=sys.stderr)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import animegen.core.files as files
+from animegen.core import files
 from animegen.core.files import atomic_dir, atomic_path, atomic_write, cache_root, sha256_file
 
 

@@ -5,11 +5,12 @@ home), and a file that changed on disk is hashed again."""
 from __future__ import annotations
 
 import collections
+import os
 
 import pytest
 import torch
 
-import animegen.core.files as files
+from animegen.core import files
 from animegen.generate import GenerationRequest, Generator
 from animegen.models.lora import LoraFile, LoraModule, lora_hash, write_lora
 
@@ -56,7 +57,10 @@ def test_a_changed_file_is_hashed_again(counted_hashes, tmp_path):
     path = _lora(tmp_path / "a.safetensors", seed=0)
     first = lora_hash(path)
     assert lora_hash(path) == first and counted_hashes[str(path)] == 1
-    _lora(path, seed=1)  # new bytes (new size or mtime): the remembered hash no longer applies
+    before = path.stat().st_mtime_ns
+    _lora(path, seed=1)  # new bytes, same size: the new mtime tells the remembered hash no longer applies
+    # file times tick coarsely (a few ms): make sure the rewrite's mtime differs, as it would in real use
+    os.utime(path, ns=(path.stat().st_atime_ns, max(path.stat().st_mtime_ns, before + 1_000_000)))
     second = lora_hash(path)
     assert second != first
     assert counted_hashes[str(path)] == 2
