@@ -42,3 +42,19 @@ def test_serve_reports_every_problem_before_loading(monkeypatch, tmp_path):
 def test_help_names_hub_ids_and_the_shared_words():
     r = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "400"})
     assert "hub id" in r.output and "cuda:N" in r.output and "bfloat16" in r.output
+
+
+def test_the_model_folders_reach_the_config_and_missing_ones_are_named(monkeypatch, tmp_path):
+    seen = _capture(monkeypatch)
+    folders = {flag: tmp_path / flag.strip("-") for flag in ("--controlnet-dir", "--adetailer-dir", "--outputs-dir")}
+    args = ["serve", "--model", "cagliostrolab/animagine-xl-3.1"]
+    r = runner.invoke(app, [*args, *(x for flag, path in folders.items() for x in (flag, str(path)))])
+    assert r.exit_code == 2 and "cfg" not in seen
+    line = r.output.strip().splitlines()[-1]
+    assert "--controlnet-dir" in line and "--adetailer-dir" in line and "--outputs-dir" not in line, line
+    for path in folders.values():
+        path.mkdir()
+    r = runner.invoke(app, [*args, *(x for flag, path in folders.items() for x in (flag, str(path)))])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.controlnet_dir, cfg.adetailer_dir, cfg.outputs_dir) == tuple(folders.values())

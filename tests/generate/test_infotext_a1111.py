@@ -161,7 +161,8 @@ def test_bad_values_are_refused_naming_the_field(field, bad):
 
 
 @pytest.mark.parametrize("field", ["FP8 weight: Enable", "Downcast alphas_cumprod: True", "Pad conds: True",
-                                   "Noise schedule: Zero Terminal SNR", "ADetailer model: face_yolov8n.pt"])
+                                   "Noise schedule: Zero Terminal SNR",
+                                   "Dynamic thresholding enabled: True"])  # ADetailer is read (test_detailer)
 def test_ignored_fields_warn(caplog, field):
     with caplog.at_level(logging.WARNING):
         read(field)

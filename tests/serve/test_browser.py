@@ -122,5 +122,32 @@ def test_generate_in_the_browser_and_read_png_info(serve_dirs, server_runner, tm
             page.locator("#txt2img_add_lora").click()  # a user error: a pop-up, no traceback in the server log
             expect(page.get_by_text("pick a LoRA first").first).to_be_visible()
             assert "Traceback" not in "".join(capfd.readouterr())
+
+            # inpainting: upload an init image and a mask (white = inpaint) into A1111's inpaint settings
+            init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+            Image.new("RGB", (64, 64), (200, 40, 40)).save(init)
+            white_box = Image.new("L", (64, 64))
+            white_box.paste(255, (24, 24, 40, 40))
+            white_box.save(mask)
+            page.goto(url + "/")  # a fresh form: an empty upload box
+            page.get_by_role("tab", name="img2img").click()
+            page.locator("#img2img_image input[type=file]").set_input_files(str(init))
+            page.locator("#img2img_image img").first.wait_for(state="visible")
+            page.locator("#img2img_prompt textarea").fill("1girl, inpainted")
+            for elem_id, value in (("img2img_width", "64"), ("img2img_height", "64"), ("img2img_steps", "2"),
+                                   ("img2img_seed", "78")):
+                _set_number(page, elem_id, value)
+            page.get_by_text("Inpaint", exact=True).first.click()  # open the accordion
+            page.locator("#img2img_mask_upload input[type=file]").set_input_files(str(mask))
+            page.locator("#img2img_mask_upload img").first.wait_for(state="visible")
+            page.locator("#img2img_inpainting_fill").get_by_text("latent nothing").click()
+            page.locator("#img2img_generate").click()
+            expect(page.locator("#img2img_infotext textarea")).to_have_value(
+                re.compile(r"Mask blur: 4, Masked content: latent nothing"))
+            (saved,) = (tmp_path / "outputs" / "img2img-images").glob("*/00001-78.png")
+            pixels = Image.open(saved).convert("RGB")
+            assert pixels.getpixel((4, 4)) == pixels.getpixel((60, 60)) == (200, 40, 40)  # outside the mask: kept
+            assert pixels.getpixel((32, 32)) != (200, 40, 40)  # under it: generated
+            page.screenshot(path=str(screens / "img2img-inpainted.png"), full_page=True)
         finally:
             browser.close()

@@ -10,7 +10,8 @@ aliases and pre-1.9 "NAME Schedule" forms accepted), presets (`prompts.presets`)
 (`models.loading`), hires upscalers (`generate.hires`: built-ins, and model files in `--upscaler-dir` by
 stem, `hires.find_hires_upscaler`). Files: the model (path or hub id form,
 `loading.classify_model_ref`), `--vae`, `--lora` files, `<lora:name>` tags in the prompt against
-`--lora-dir`, `--embeddings-dir`, `--init-image`; the output folder is created and probed with a real file
+`--lora-dir`, `--embeddings-dir`, `--init-image`, `--mask` (an image; it and `--outpaint`, whose form is
+checked, need `--init-image`); the output folder is created and probed with a real file
 (`core.files.writable_folder`), and an `--out` that is a file is named as such.
 """
 
@@ -177,6 +178,35 @@ def check_folder(problems: Problems, option: str, folder: Path | None) -> None:
 def check_file(problems: Problems, option: str, path: Path | str | None) -> None:
     if path is not None and not Path(path).expanduser().exists():
         problems.add(f"{option} {path}", "no such file or folder")
+
+
+OUTPAINT_FORM = "LEFT,RIGHT,TOP,BOTTOM: four whole numbers of pixels to add, ≥ 0, at least one > 0 (e.g. 0,0,0,128)"
+
+
+def parse_outpaint(text: str) -> tuple[int, int, int, int]:
+    """`--outpaint LEFT,RIGHT,TOP,BOTTOM` as four pixel counts; a ValueError with the expected form otherwise."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 4 or not all(part.isdigit() for part in parts) or not any(int(part) for part in parts):
+        raise ValueError(f"give {OUTPAINT_FORM}")
+    left, right, top, bottom = (int(part) for part in parts)
+    return left, right, top, bottom
+
+
+def check_inpaint_sources(problems: Problems, init_image: Path | None, mask: Path | None,
+                          outpaint: str | None) -> tuple[int, int, int, int] | None:
+    """`--mask` and `--outpaint` each need `--init-image` and exclude each other (outpainting makes its own
+    mask); returns the parsed `--outpaint` borders (None if not given or bad). The mask file itself is read,
+    and so checked, with the init image (`cli.generate`)."""
+    borders = None
+    if outpaint is not None:
+        with problems.catch(f"--outpaint {outpaint}"):
+            borders = parse_outpaint(outpaint)
+    for option, value in (("--mask", mask), ("--outpaint", outpaint)):
+        if value is not None and init_image is None:
+            problems.add(f"{option} {value}", "needs --init-image, the image to paint into; give --init-image too")
+    if mask is not None and outpaint is not None:
+        problems.add("--outpaint", "makes its own mask of the new border; give --outpaint or --mask, not both")
+    return borders
 
 
 def check_output_folder(problems: Problems, option: str, root: Path, folder: Path) -> None:

@@ -22,6 +22,7 @@ from animegen.cli.checks import (
     check_file,
     check_folder,
     check_hires_upscaler,
+    check_inpaint_sources,
     check_loras,
     check_model,
     check_output_folder,
@@ -49,7 +50,9 @@ REQUEST_OPTIONS = {
     "hires_sampler": "hires_sampler", "hires_schedule_type": "hires_schedule_type", "hires_prompt": "hires_prompt",
     "hires_negative_prompt": "hires_negative_prompt", "hires_cfg_scale": "hires_cfg_scale", "rng": "rng",
     "eta_noise_seed_delta": "eta_noise_seed_delta", "subseed": "subseed", "subseed_strength": "subseed_strength",
-    "guidance_rescale": "guidance_rescale", "emphasis": "emphasis",
+    "guidance_rescale": "guidance_rescale", "emphasis": "emphasis", "mask": "mask", "mask_blur": "mask_blur",
+    "inpainting_fill": "inpainting_fill", "inpaint_full_res": "inpaint_full_res",
+    "inpaint_full_res_padding": "inpaint_full_res_padding", "inpainting_mask_invert": "inpainting_mask_invert",
 }
 # old parameter (hidden, still accepted for one release) -> (its flag, the canonical parameter, its flag)
 OLD_NAMES = {"negative": ("--negative", "negative_prompt", "--negative-prompt"),
@@ -90,6 +93,30 @@ def generate_command(
     grid: bool = typer.Option(False, help="Also save a grid of all images."),
     init_image: Optional[Path] = typer.Option(None, help="img2img: start from this image."),
     strength: float = typer.Option(0.75, help="img2img denoising strength."),
+    mask: Optional[Path] = typer.Option(None, help="Inpainting: a mask for --init-image, white = regenerate, black "
+                                        "= keep (a transparent mask: its alpha); resized to the image's size."),
+    mask_blur: int = typer.Option(4, help="Inpainting: A1111's 'Mask blur', Gaussian sigma of the mask's edge in "
+                                  "pixels (0 = a hard edge)."),
+    inpainting_fill: Optional[str] = typer.Option(None, help="Inpainting: A1111's 'Masked content': fill, original, "
+                                                  "latent noise, latent nothing, or 0-3 (default original; fill "
+                                                  "with --outpaint)."),
+    inpaint_full_res: bool = typer.Option(False, "--inpaint-full-res/--no-inpaint-full-res",
+                                          help="Inpaint area 'Only masked': sample the mask's box (plus the "
+                                          "padding) at --width x --height, then paste it back."),
+    inpaint_full_res_padding: int = typer.Option(32, help="Only masked: pixels added around the mask's box."),
+    inpainting_mask_invert: bool = typer.Option(False, help="Mask mode 'Inpaint not masked': regenerate the "
+                                                "black part of the mask instead."),
+    outpaint: Optional[str] = typer.Option(None, metavar="LEFT,RIGHT,TOP,BOTTOM", help="Outpainting: grow "
+                                           "--init-image by these pixels (its edge colours repeated) and inpaint "
+                                           "the new border (Masked content fill unless --inpainting-fill); "
+                                           "--width/--height default to the new size."),
+    adetailer: list[str] = typer.Option([], "--adetailer", metavar="MODEL[:PROMPT]", help="ADetailer pass: "
+                                        "inpaint what this ONNX YOLOv8 detector finds (a file, or a name in "
+                                        "--adetailer-dir, e.g. face_yolov8n) with its own prompt (default the "
+                                        "image's); repeatable, one pass each, in order."),
+    adetailer_dir: Optional[Path] = typer.Option(None, help="Folder of ONNX detectors --adetailer names."),
+    ad_confidence: float = typer.Option(0.3, help="ADetailer: drop detections scoring at most this."),
+    ad_denoise: float = typer.Option(0.4, help="ADetailer: denoising strength of each detection's inpaint."),
     hires: bool = typer.Option(False, help="Run the hires fix even at --hires-scale 1 (on anyway with a scale > 1 "
                                "or a --hires-resize-x/-y)."),
     hires_scale: float = typer.Option(1.0, help="Hires fix upscale factor (1 = off)."),
@@ -173,7 +200,7 @@ def generate_command(
 
         images = _generate(request, model=model, vae=vae, device=device, dtype=dtype, allow_pickle=allow_pickle,
                            lora_dir=lora_dir, preset_file=preset_file, embeddings_dir=embeddings_dir,
-                           upscaler_dir=upscaler_dir, nan_check=nan_check, specs=specs if from_png is not None else [],
+                           upscaler_dir=upscaler_dir, adetailer_dir=adetailer_dir, nan_check=nan_check, specs=specs if from_png is not None else [],
                            speedups=dict(channels_last=channels_last, fuse_qkv=fuse_qkv, compile=compile,
                                          vae_tiling=vae_tiling))
         for img in images:
@@ -234,6 +261,7 @@ def _build_request(ctx: typer.Context, problems: Problems, total: int):
         else:
             with problems.catch(f"--init-image {params['init_image']}"):
                 settings["init_image"] = open_image(params["init_image"])
+    derived = _inpaint_settings(ctx, problems, settings) | _detailer_settings(ctx, problems, settings)
     request = None
     from_png = params["from_png"]
     if from_png is not None:
@@ -241,10 +269,11 @@ def _build_request(ctx: typer.Context, problems: Problems, total: int):
             text = read_png_infotext(from_png)
             if text is None:
                 raise ValueError("has no 'parameters' infotext to re-run")
-            given = {field: value for field, value in settings.items() if _given(ctx, field)}
+            given = {field: value for field, value in settings.items() if _given(ctx, field) or field in derived}
             request = request_from_infotext(text, n=total, batch_size=params["batch_size"], **given)
             if given:  # what the command line says wins over the infotext, and the user is told so
-                shown = ", ".join(f"{k}={'<image>' if k == 'init_image' else repr(v)}" for k, v in given.items())
+                shown = ", ".join(f"{k}={'<image>' if k in ('init_image', 'mask') else repr(v)}"
+                                  for k, v in given.items())
                 typer.echo(f"--from-png: overriding the infotext with {shown}")
     elif params["prompt"] is None:
         problems.add("", "give a PROMPT, or --from-png FILE to re-run an image")
@@ -258,6 +287,77 @@ def _build_request(ctx: typer.Context, problems: Problems, total: int):
     return request
 
 
+def _detailer_settings(ctx: typer.Context, problems: Problems, settings: dict) -> set[str]:
+    """`--adetailer MODEL[:PROMPT]` units (with `--ad-confidence` / `--ad-denoise`), their detectors found now, before
+    loading; returns {"detailers"} when given (they override `--from-png`'s ADetailer fields)."""
+    params = ctx.params
+    if not params["adetailer"]:
+        return set()
+    from animegen.generate.detailer import DetailerUnit, find_detector
+
+    folder = params["adetailer_dir"]
+    check_folder(problems, "--adetailer-dir", folder)
+    units = []
+    for spec in params["adetailer"]:
+        model, _, prompt = spec.partition(":")
+        with problems.catch(f"--adetailer {spec}"):
+            find_detector(model, [folder] if folder is not None else [])
+            unit = DetailerUnit(model=model, prompt=prompt, confidence=params["ad_confidence"],
+                                denoise=params["ad_denoise"])
+            unit.validate()
+            units.append(unit)
+    settings["detailers"] = tuple(units)
+    return {"detailers"}
+
+
+def _inpaint_settings(ctx: typer.Context, problems: Problems, settings: dict) -> set[str]:
+    """`--mask` read (alpha kept), `--inpainting-fill` by name or number, and `--outpaint`'s canvas and mask in
+    `settings`; returns the fields `--outpaint` set (they override `--from-png`'s infotext like given options)."""
+    from animegen.generate.inpaint import inpainting_fill_name, outpaint_canvas
+
+    params = ctx.params
+    borders = check_inpaint_sources(problems, params["init_image"], params["mask"], params["outpaint"])
+    if params["mask"] is not None:
+        settings.pop("mask")
+    if params["mask"] is not None and params["init_image"] is not None:  # else reported once, just above
+        with problems.catch(f"--mask {params['mask']}"):
+            settings["mask"] = _open_mask(params["mask"])
+    fill = params["inpainting_fill"]
+    if fill is not None:
+        with problems.catch(f"--inpainting-fill {fill}"):
+            settings["inpainting_fill"] = inpainting_fill_name(int(fill) if fill.strip().isdigit() else fill, "")
+    if borders is None or "init_image" not in settings:
+        return set()
+    settings["init_image"], settings["mask"] = outpaint_canvas(settings["init_image"], *borders)
+    derived = {"mask"}
+    if fill is None:
+        settings["inpainting_fill"] = "fill"
+        derived.add("inpainting_fill")
+    for side, size in zip(("width", "height"), settings["init_image"].size, strict=True):
+        if params[side] is None and size % 8:
+            problems.add(f"--outpaint {params['outpaint']}", f"makes the image {size} pixels in {side}, not a "
+                         f"multiple of 8; add {-size % 8} more (or give --{side})")
+        elif params[side] is None:
+            settings[side] = size
+            derived.add(side)
+    return derived
+
+
+def _open_mask(path: Path):
+    """The `--mask` image as its file has it (a transparent mask's alpha is the mask: `inpaint.binary_mask`),
+    checked as `--init-image` is (no such file, not an image, too large)."""
+    from PIL import Image
+
+    from animegen.data.image_io import read_image
+
+    if not Path(path).is_file():
+        raise ValueError("no such file")
+    read_image(path)
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
 def _note_flat_folder(ctx: typer.Context, out: Path) -> None:
     """Tell a user whose --out holds animegen's old flat numbering where the new images go."""
     if ctx.params["layout"] != "a1111" or _from_user(ctx, "layout"):
@@ -269,7 +369,7 @@ def _note_flat_folder(ctx: typer.Context, out: Path) -> None:
 
 
 def _generate(request, *, model, vae, device, dtype, allow_pickle, lora_dir, preset_file, embeddings_dir,
-              upscaler_dir, nan_check, specs, speedups):
+              upscaler_dir, adetailer_dir, nan_check, specs, speedups):
     """Load the model (the slow part, after every check) and run the request with a progress bar."""
     from tqdm import tqdm
 
@@ -279,6 +379,8 @@ def _generate(request, *, model, vae, device, dtype, allow_pickle, lora_dir, pre
     generator = Generator(model, vae=vae, device=device_word(device), dtype=dtype, allow_pickle=allow_pickle,
                           lora_dir=lora_dir, preset_file=preset_file, speedups=SpeedupConfig(**speedups),
                           nan_check=nan_check, embeddings_dir=embeddings_dir, upscaler_dir=upscaler_dir)
+    if adetailer_dir is not None:
+        generator.detector_dirs = [adetailer_dir]
     for path, _ in specs:
         generator.register_lora(path)  # --from-png: names for the <lora:...> tags recorded in the prompt
     bar = tqdm(total=1, desc="generating", unit="step")

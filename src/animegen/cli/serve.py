@@ -34,6 +34,12 @@ def serve(
     upscaler_dir: Path = typer.Option(None, "--upscaler-dir", help="Folder of model upscalers (ESRGAN / Real-ESRGAN "
                                       "/ SRVGG .safetensors) usable by file name, besides --model-dir's ESRGAN/ and "
                                       "RealESRGAN/."),
+    controlnet_dir: Path = typer.Option(None, "--controlnet-dir", help="Folder of ControlNet models the A1111 "
+                                        "ControlNet extension's API fields name (alwayson_scripts.controlnet)."),
+    adetailer_dir: Path = typer.Option(None, "--adetailer-dir", help="Folder of ONNX detectors the ADetailer API "
+                                       "fields name (alwayson_scripts.ADetailer)."),
+    outputs_dir: Path = typer.Option(None, "--outputs-dir", help="Where the web UI saves its images, in A1111's "
+                                     "layout (default ./outputs)."),
     vae: str = typer.Option(None, "--vae", help="VAE override (folder or .safetensors)."),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP),
     dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
@@ -57,7 +63,8 @@ def serve(
 
     values = {
         "model": model, "model_dir": model_dir, "lora_dir": lora_dir, "embeddings_dir": embeddings_dir,
-        "upscaler_dir": upscaler_dir,
+        "upscaler_dir": upscaler_dir, "controlnet_dir": controlnet_dir, "adetailer_dir": adetailer_dir,
+        "outputs_dir": outputs_dir,
         "vae": vae, "device": device_word(device),
         "dtype": dtype, "host": host, "port": port, "listen": listen or None, "api_auth": api_auth,
         "api_token": api_token, "max_queue": max_queue, "ui": ui,
@@ -83,7 +90,8 @@ def serve(
 
     problems = Problems()  # everything cheap, before the model loads
     for name, folder in (("--model-dir", cfg.model_dir), ("--lora-dir", cfg.lora_dir),
-                         ("--embeddings-dir", cfg.embeddings_dir), ("--upscaler-dir", cfg.upscaler_dir)):
+                         ("--embeddings-dir", cfg.embeddings_dir), ("--upscaler-dir", cfg.upscaler_dir),
+                         ("--controlnet-dir", cfg.controlnet_dir), ("--adetailer-dir", cfg.adetailer_dir)):
         check_folder(problems, name, None if folder is None else Path(folder))
     check_model(problems, cfg.model, allow_pickle=False, option="cannot load --model")
     check_file(problems, "--vae", cfg.vae)

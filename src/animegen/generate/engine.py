@@ -33,6 +33,8 @@ from animegen.core.errors import AnimegenError
 from animegen.core.keywords import checked_keywords
 from animegen.generate import hires as hr
 from animegen.generate.conditioning import PromptConditioning
+from animegen.generate.controlnet import controlnet_fields
+from animegen.generate.detailer import detailer_fields, run_detailer
 from animegen.generate.infotext import (
     format_infotext,
     inpaint_fields,
@@ -126,6 +128,9 @@ class Generator:
             SRVGG `.safetensors`; `.pth` with `allow_pickle`) that `hires_upscaler` names by file stem
             (`generate.hires.find_hires_upscaler`; a file's path works too).
 
+    `detector_dirs` (an attribute, empty at first) lists the folders whose ONNX detectors `GenerationRequest.detailers`
+    name by file name (`generate.detailer.find_detector`); a detector given by path needs none.
+
     Use: `generator(GenerationRequest("1girl", steps=20))` returns `GeneratedImage`s (`.save(path)` writes the
     PNG with its infotext); `register_lora`, `available_loras` and `resolve_lora` manage LoRAs by name;
     `default_size` is the model family's image size; `sampling()` gives the sampler pipeline over its modules.
@@ -162,7 +167,8 @@ class Generator:
         self._known_loras: dict[str, Path] = {}
         self._lora_cache: dict[tuple[str, int], Any] = {}
         self._kpipe: KPipeline | None = None
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: the detailer post-pass inpaints through `self(...)`
+        self.detector_dirs: list[Path] = []  # folders `GenerationRequest.detailers` find detectors in by name
         from animegen.generate.speed import SpeedupConfig, apply_speedup_config
 
         # on CPU the default config changes nothing; on CUDA it turns on channels_last and fused QKV
@@ -229,6 +235,10 @@ class Generator:
             self._known_loras.setdefault(path.stem, path)
             loras.append((path.stem, path, weight))
             recorded += " " + lora_tag_text(path.stem, weight)
+        from animegen.prompts.conventions import warn_missing_triggers  # issue #16: the LoRA's trigger words
+
+        for name, path, _ in loras:
+            warn_missing_triggers(name, path, clean_prompt)
         return clean_prompt, recorded, loras
 
     def _apply_loras(self, loras: list[tuple[str, Path, float]]) -> None:
@@ -294,6 +304,10 @@ class Generator:
                 image = Image.fromarray((np.clip(array, 0, 1) * 255).astype("uint8"))  # A1111 truncates
                 if plan is not None and plan.overlay is not None:  # the original pasted back, in 8 bits as A1111
                     image = plan.finish(image)
+                    array = np.asarray(image, dtype=np.float32) / 255.0
+                if resolved.detailers:  # ADetailer's post-pass, each detection inpainted again (generate.detailer)
+                    image = run_detailer(self, resolved, image, resolved.detailers, seed=seed, subseed=subseed,
+                                         detector_dirs=self.detector_dirs, interrupt=interrupt)
                     array = np.asarray(image, dtype=np.float32) / 255.0
                 results.append(GeneratedImage(image, seed, info, params, array))
         if not results and tracker.interrupted:
@@ -381,7 +395,7 @@ class Generator:
         pass."""
         kp, (choice, hires_choice), (conditioning, hires_conditioning) = self.sampling(), choices, conds
         common = dict(cfg_scale=r.cfg_scale, guidance_rescale=r.guidance_rescale, callback=tracker.on_step,
-                      noise=self._noise(kp, r, seeds, subseeds))
+                      noise=self._noise(kp, r, seeds, subseeds), controlnet_units=r.controlnet_units)
         latents = None
         with tracker.pass_of(r.steps if r.init_image is None else img2img_steps(r.steps, r.strength, False)[1] + 1):
             if r.init_image is not None:
@@ -438,7 +452,8 @@ class Generator:
                 latents = kp.img2img(choice, conditioning, seeds, init, steps=steps, strength=r.hires_denoise,
                                      cfg_scale=r.hires_cfg_scale, guidance_rescale=r.guidance_rescale,
                                      fixed_steps=True, callback=tracker.on_step,
-                                     noise=self._noise(kp, r, seeds, subseeds), size=(target.width, target.height))
+                                     noise=self._noise(kp, r, seeds, subseeds), size=(target.width, target.height),
+                                     controlnet_units=r.controlnet_units)  # the hint fitted to the target, as A1111
         return kp.decode(self._final(tracker, latents))
 
     def _hires_upscaler(self, ref: str) -> tuple[str, Path | None]:
@@ -488,6 +503,8 @@ class Generator:
             params["Lora hashes"] = ", ".join(f"{name}: {lora_hash(path)}" for name, path, _ in loras)
         if ti_hashes:
             params["TI hashes"] = ti_hashes
+        params.update(controlnet_fields(r.controlnet_units))  # the extension's "ControlNet i" fields
+        params.update(detailer_fields(r.detailers))
         params["Version"] = f"animegen {__version__}"
         return params
 

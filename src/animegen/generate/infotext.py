@@ -23,7 +23,11 @@ Read, with A1111 1.10's meaning (`infotext_utils.parse_generation_parameters`, `
   the inpainting settings Mask blur, Mask mode ("Inpaint not masked" = inverted), Masked content (missing =
   original, which A1111 does not write), Inpaint area ("Only masked"; missing = whole picture), Masked area
   padding, and Conditional mask weight (a 9-channel model's; only A1111's default 1 is accepted). The mask
-  itself is not in the infotext: give it (`mask=`) with the init image to inpaint again.
+  itself is not in the infotext: give it (`mask=`) with the init image to inpaint again. ADetailer's fields
+  ("ADetailer model", ... confidence, mask only top k largest, mask min/max ratio, dilate erode, mask blur,
+  denoising strength, inpaint only masked, inpaint padding, use inpaint width height, separate steps / CFG scale;
+  " 2nd", " 3rd", ... for later units) as `GenerationRequest.detailers` (`detailer.units_from_params`; the model
+  by its file name, which a detector folder resolves; "ADetailer version" is informational).
 Read, no effect on the request: Model hash, Model, VAE hash, VAE, Version, User, Lora hashes, TI hashes,
   Hashes, Init image hash, Hypernet hash, Hypernet strength (part of the Hypernet tag).
 Ignored with a warning (small numeric or no effect here): FP8 weight, Cache FP16 weight for LoRA, Downcast
@@ -41,7 +45,8 @@ Written (`Generator._parameters`): Steps, Sampler (canonical name), Schedule typ
 `get_sigmas` writes: the sampler's effective schedule, "Automatic" where it uses the model's own sigmas), CFG
 scale, Seed, Size, Model hash, Model, VAE, Denoising strength, Conditional mask weight (9-channel models), the
 inpainting fields (`inpaint_fields`, as A1111 writes them), Clip skip, ENSD, RNG, Variation seed (+ strength),
-Emphasis, Rescale CFG, the Hires fields, Lora hashes, Version; each reads back to the same request.
+Emphasis, Rescale CFG, the Hires fields, Lora hashes, the ADetailer fields (`detailer.detailer_fields`, as ADetailer
+writes them), Version; each reads back to the same request.
 Unlike A1111 we always write RNG (see `noise_fields`) and write ENSD for Restart and LCM, which draw from the
 ENSD-reseeded generators although A1111 omits it for them.
 """
@@ -60,6 +65,7 @@ from PIL import Image, PngImagePlugin
 
 from animegen.core.errors import AnimegenError
 from animegen.core.files import atomic_path
+from animegen.generate.detailer import infotext_key, units_from_params
 
 # A1111's own pattern for one `Key: value` pair on the parameters line.
 _PARAM_RE = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -258,7 +264,7 @@ def _check_fields(params: dict[str, Any]) -> None:
                                 f"reproduce; remove the field to generate without it")
     for key in sorted(present & set(WARNED)):
         log.warning("infotext %s: %r ignored: %s", key, params[key], WARNED[key])
-    unknown = sorted(present - set(REFUSED) - set(WARNED) - INFORMATIONAL - _READ)
+    unknown = sorted(k for k in present - set(REFUSED) - set(WARNED) - INFORMATIONAL - _READ if infotext_key(k) is None)
     if unknown:
         log.warning("infotext fields ignored (not A1111 1.10's; A1111 ignores them too): %s", ", ".join(unknown))
     version = _a1111_version(params.get("Version"))
@@ -317,6 +323,9 @@ def request_fields(text: str) -> dict[str, Any]:
         fields.update(subseed=_number(params, "Variation seed", int),
                       subseed_strength=_number(params, "Variation seed strength", float, 0.0))
     fields.update(_inpaint_request_fields(params))
+    detailers = units_from_params(params)
+    if detailers:
+        fields["detailers"] = detailers
     if "Hires upscale" not in params and "Hires resize-1" not in params:
         if "Denoising strength" in params:  # txt2img writes it only with the hires fix: an img2img infotext
             fields["strength"] = _number(params, "Denoising strength", float)

@@ -18,6 +18,10 @@ channels (`generate.inpaint`'s conditioning mask, the VAE latents of image * (1 
 (txt2img, img2img without a mask, the hires pass) is conditioned on a full mask over a gray image, as A1111's
 "inpainting model used for txt2img".
 
+ControlNet. `txt2img` / `img2img(controlnet_units=)` add the units' residuals to every UNet call of the pass
+(`generate.controlnet.ControlRun`: hints fitted to the pass size, weights, guidance range by A1111's sampling step,
+control modes); without units, or while none is active, the UNet call is exactly the plain one.
+
 `encode` takes images at their own size (a hires target need not be a multiple of 8: the VAE's strides drop
 the rest, as in A1111) and `img2img(size=...)` is SDXL's size conditioning for the hires pass (A1111 conditions
 it on the upscale target). Where we differ from A1111: img2img encodes the init image to the VAE posterior's mean, where A1111
@@ -27,15 +31,16 @@ the VAE's tiny posterior std).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from animegen.generate.conditioning import PromptConditioning, schedule_steps
+from animegen.generate.controlnet import ControlRun, ControlUnit, mark_uncond
 from animegen.generate.denoiser import CFGDenoiser
 from animegen.generate.rng import ImageRNG
-from animegen.generate.samplers import SamplerChoice, sample_img2img, sample_txt2img
+from animegen.generate.samplers import SamplerChoice, img2img_steps, sample_img2img, sample_txt2img
 from animegen.generate.schedules import DiscreteSchedule
 from animegen.models.detect import is_inpainting_unet
 
@@ -85,28 +90,31 @@ class KPipeline:
 
         return parts, lambda step: rows[plan.at(step)[1]]
 
-    def _unet_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+    def _unet_fn(self, x: torch.Tensor, t: torch.Tensor, cond: dict, control: ControlRun | None = None) -> torch.Tensor:
         unet = self.pipe.unet
         dtype = unet.dtype
         extra = {}
         if "text_embeds" in cond:
             extra["added_cond_kwargs"] = {"text_embeds": cond["text_embeds"].to(dtype),
                                           "time_ids": cond["time_ids"].to(dtype)}
+        embeds, t = cond["encoder_hidden_states"].to(dtype), t.to(x.device)
+        if control is not None:  # ControlNet units: their residuals (none while every unit is inactive)
+            extra.update(control.residuals(x.to(dtype), t, {**cond, "encoder_hidden_states": embeds}, extra))
         with torch.no_grad():
-            return unet(x.to(dtype), t.to(x.device), encoder_hidden_states=cond["encoder_hidden_states"].to(dtype),
-                        return_dict=False, **extra)[0]
+            return unet(x.to(dtype), t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
 
-    def _with_image(self, image_conditioning: torch.Tensor | None):
-        """A 9-channel UNet's function: its input is [x, mask, masked-image latents] (one row for every image)."""
+    def _with_image(self, image_conditioning: torch.Tensor | None, control: ControlRun | None = None):
+        """A 9-channel UNet's function: its input is [x, mask, masked-image latents] (one row for every image);
+        with `control`, the UNet gets the ControlNet units' residuals (`generate.controlnet`)."""
         if not self.inpainting:
-            return self._unet_fn
+            return self._unet_fn if control is None else (lambda x, t, cond: self._unet_fn(x, t, cond, control))
 
         def unet_fn(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
             extra = image_conditioning
             if extra is None:
                 extra = self.image_conditioning(None, None, x.shape[-1] * 8, x.shape[-2] * 8)
             extra = extra.to(x.device, x.dtype).expand(x.shape[0], -1, -1, -1)
-            return self._unet_fn(torch.cat([x, extra], dim=1), t, cond)
+            return self._unet_fn(torch.cat([x, extra], dim=1), t, cond, control)
         return unet_fn
 
     def image_conditioning(self, image, mask: np.ndarray | None, width: int, height: int) -> torch.Tensor:
@@ -132,11 +140,14 @@ class KPipeline:
 
     def denoiser(self, choice: SamplerChoice, conditioning, cfg_scale: float, width: int, height: int,
                  guidance_rescale: float = 0.0, steps: int = 1,
-                 image_conditioning: torch.Tensor | None = None) -> CFGDenoiser:
+                 image_conditioning: torch.Tensor | None = None, control: ControlRun | None = None) -> CFGDenoiser:
         """The pass's denoiser; `steps` (the requested steps of the pass) spans a `PromptConditioning`'s schedules;
-        `image_conditioning` is a 9-channel model's (default: a full mask, see the module docstring)."""
+        `image_conditioning` is a 9-channel model's (default: a full mask, see the module docstring); `control`
+        the pass's ControlNet units (their conditioning marks the negative rows: `controlnet.mark_uncond`)."""
         cond, uncond = self._conditions(conditioning, width, height, steps, choice)
-        return CFGDenoiser(self._with_image(image_conditioning), self.schedule, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
+        if control is not None:
+            cond, uncond = mark_uncond(cond, False), mark_uncond(uncond, True)
+        return CFGDenoiser(self._with_image(image_conditioning, control), self.schedule, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
                            prediction_type=self.prediction_type, guidance_rescale=guidance_rescale,
                            lcm=choice.sampler.kind == "lcm")
 
@@ -182,25 +193,43 @@ class KPipeline:
     # ---- one pass -----------------------------------------------------------------------------------------
     def txt2img(self, choice: SamplerChoice, conditioning, seeds: list[int], *, width: int, height: int,
                 steps: int, cfg_scale: float, guidance_rescale: float = 0.0, callback=None,
-                noise: ImageRNG | None = None) -> torch.Tensor:
-        """Final latents of a txt2img pass (one image per seed; `noise` defaults to CPU generators)."""
+                noise: ImageRNG | None = None, controlnet_units: Sequence[ControlUnit] = ()) -> torch.Tensor:
+        """Final latents of a txt2img pass (one image per seed; `noise` defaults to CPU generators), with the
+        ControlNet units `controlnet_units` (`generate.controlnet`)."""
         shape = (len(seeds), self.pipe.unet.config.out_channels, height // 8, width // 8)
         noise = noise or ImageRNG(seeds, source="CPU", device=self.device)
-        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale, steps)
+        control, callback = self._control(controlnet_units, width, height, steps, callback)
+        den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale, steps, control=control)
         return sample_txt2img(choice, den, noise, shape, steps, callback=callback)
+
+    def _control(self, units: Sequence[ControlUnit], width: int, height: int, total_steps: int, callback):
+        """(the pass's `ControlRun` or None, the step callback that also advances its step)."""
+        if not units:
+            return None, callback
+        control = ControlRun(units, self.pipe.unet, width, height, total_steps)
+
+        def on_step(info: dict) -> None:
+            control.on_step(info)
+            if callback is not None:
+                callback(info)
+        return control, on_step
 
     def img2img(self, choice: SamplerChoice, conditioning, seeds: list[int], init: torch.Tensor, *,
                 steps: int, strength: float, cfg_scale: float, fixed_steps: bool = False,
                 guidance_rescale: float = 0.0, callback=None, noise: ImageRNG | None = None,
                 size: tuple[int, int] | None = None, latent_mask: torch.Tensor | None = None,
-                image_conditioning: torch.Tensor | None = None) -> torch.Tensor:
+                image_conditioning: torch.Tensor | None = None,
+                controlnet_units: Sequence[ControlUnit] = ()) -> torch.Tensor:
         """Final latents of an img2img pass from scaled init latents `init` (a fresh ImageRNG per pass); `size`
         (width, height) is SDXL's size conditioning, default the latents' (A1111's hires pass: its target).
-        Inpainting: `latent_mask` (1 = regenerate) and a 9-channel model's `image_conditioning`."""
+        Inpainting: `latent_mask` (1 = regenerate) and a 9-channel model's `image_conditioning`. ControlNet units'
+        step fractions count the pass's sampled steps (A1111's t_enc + 1)."""
         width, height = size or (init.shape[-1] * 8, init.shape[-2] * 8)
         noise = noise or ImageRNG(seeds, source="CPU", device=self.device)
+        control, callback = self._control(controlnet_units, init.shape[-1] * 8, init.shape[-2] * 8,
+                                          img2img_steps(steps, strength, fixed_steps)[1] + 1, callback)
         den = self.denoiser(choice, conditioning, cfg_scale, width, height, guidance_rescale, steps,
-                            image_conditioning)
+                            image_conditioning, control)
         mask = None if latent_mask is None else latent_mask.to(self.device)
         return sample_img2img(choice, den, noise, init.to(self.device), steps, strength, fixed_steps=fixed_steps,
                               callback=callback, latent_mask=mask)

@@ -11,15 +11,19 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from animegen.core.errors import AnimegenError
 from animegen.core.keywords import checked_keywords
+from animegen.generate.detailer import DetailerUnit
 from animegen.generate.hires import DEFAULT_HIRES_UPSCALER
 from animegen.generate.infotext import request_fields
 from animegen.generate.inpaint import InpaintingFill, inpainting_fill_name
+
+if TYPE_CHECKING:
+    from animegen.generate.controlnet import ControlUnit
 
 DEFAULT_SAMPLER = "Euler a"
 DEFAULT_STEPS = 28
@@ -105,6 +109,10 @@ class GenerationRequest:
             enlarged to width x height, and paste it back; False: the whole picture.
         inpaint_full_res_padding: "Masked area padding": pixels added around the mask's box (only masked).
         inpainting_mask_invert: A1111's "Mask mode: Inpaint not masked": regenerate the black part instead.
+        detailers: ADetailer units run on each finished image, in order (`generate.detailer.DetailerUnit`: a
+            face/hand ONNX detector, then each detection inpainted again with its own prompt and denoise).
+        controlnet_units: ControlNet units (`generate.controlnet.ControlUnit`: model, control image, weight, guidance
+            range, control mode, preprocessor), applied to every pass (the hires one too, as A1111); () = none.
     """
 
     prompt: str
@@ -147,6 +155,8 @@ class GenerationRequest:
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
+    detailers: tuple[DetailerUnit, ...] = ()
+    controlnet_units: tuple[ControlUnit, ...] = ()
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field and a value that would work."""
@@ -190,6 +200,11 @@ class GenerationRequest:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        for unit in self.controlnet_units:
+            try:
+                unit.validate()
+            except AnimegenError as exc:
+                raise ValueError(str(exc)) from None
         rng_source(self.rng, "rng")
         ensd_value(self.eta_noise_seed_delta, "eta_noise_seed_delta")
         hires_upscaler(self.hires_upscaler, "hires_upscaler")
@@ -202,6 +217,10 @@ class GenerationRequest:
             inpainting_fill_name(self.inpainting_fill)
         except AnimegenError as exc:
             raise ValueError(str(exc)) from None
+        for unit in self.detailers:
+            if not isinstance(unit, DetailerUnit):
+                raise ValueError(f"detailers must hold DetailerUnit(model, ...) values, got {unit!r}")
+            unit.validate()
 
 
 def lora_multiplier(name: str, weight) -> float | dict[str, float]:
@@ -287,6 +306,8 @@ class ResolvedRequest:
     inpaint_full_res: bool = False
     inpaint_full_res_padding: int = 32
     inpainting_mask_invert: bool = False
+    detailers: tuple[DetailerUnit, ...] = ()
+    controlnet_units: tuple[ControlUnit, ...] = ()
 
 
 def resolve(request: GenerationRequest, default_size: int, preset_file=None, model=None) -> ResolvedRequest:
@@ -359,6 +380,8 @@ def resolve(request: GenerationRequest, default_size: int, preset_file=None, mod
         inpaint_full_res=request.inpaint_full_res,
         inpaint_full_res_padding=request.inpaint_full_res_padding,
         inpainting_mask_invert=request.inpainting_mask_invert,
+        detailers=tuple(request.detailers),
+        controlnet_units=tuple(request.controlnet_units),
     )
 
 

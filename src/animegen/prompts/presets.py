@@ -8,8 +8,9 @@ overrides built-ins by name (keys it leaves out are inherited from the built-in 
 preset its `extends` key names).
 
 `preset="auto"` picks the preset of the model being run: `detect_preset` looks at a single file's
-safetensors `__metadata__` (modelspec title, kohya's `ss_sd_model_name`), then the model's name (file,
-folder or hub id), then the A1111 short hash where a model card prints one (`_NAME_RULES`, `KNOWN_HASHES`:
+safetensors `__metadata__` (the built-in preset its `animegen.convention` names, which animegen's
+training exports write: `prompts.conventions`; modelspec title, kohya's `ss_sd_model_name`), then the
+model's name (file, folder or hub id), then the A1111 short hash where a model card prints one (`_NAME_RULES`, `KNOWN_HASHES`:
 the one table of what is recognised). An unrecognised model gets `none`, with one notice naming what was
 looked at. This module never imports torch.
 """
@@ -27,6 +28,7 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
+from animegen.prompts.conventions import CONVENTION_KEY, convention_from_metadata
 from animegen.prompts.tags import RATING_TAGS, escape_tag, is_count_tag, normalize_tag, split_tags, tag_key
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ QUALITY_TAGS = frozenset({
     "low quality", "worst quality", "very aesthetic", "aesthetic", "displeasing", "very displeasing",
     "absurdres", "highres",
 })
+#: The aesthetic-score words among them (Animagine's `{aesthetic}` vocabulary); the rest state quality.
+AESTHETIC_TAGS = frozenset({"very aesthetic", "aesthetic", "displeasing", "very displeasing"})
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,11 @@ def _detect(model: str | os.PathLike | None, metadata: Mapping[str, object] | No
     if metadata is None and is_file and path.suffix.lower() == ".safetensors":
         metadata = _file_metadata(path)
     looked: list[str] = []
+    convention = convention_from_metadata(metadata)  # what the model was trained with says it best
+    if convention is not None and convention.preset != "none":
+        looked.append(f"{CONVENTION_KEY} preset {convention.preset!r}")
+        if convention.preset in _builtins():
+            return convention.preset, looked[-1]
     for key in _METADATA_KEYS:
         value = (metadata or {}).get(key)
         if isinstance(value, str) and value:
@@ -296,7 +305,8 @@ def detect_preset(model_path_or_name: str | os.PathLike | None,
     """The built-in preset for a model, recognised from its metadata, name or documented hash; None if unknown.
 
     `metadata` is a safetensors `__metadata__` mapping; None reads it from the file's header when the model is a
-    single `.safetensors` file. Metadata wins over the name (a renamed file keeps its title); v-prediction
+    single `.safetensors` file. A trained convention's preset (`prompts.conventions`, a built-in one) wins over
+    the name rules; metadata wins over the name (a renamed file keeps its title); v-prediction
     metadata (`modelspec.prediction_type`, kohya's `ss_v_parameterization`) turns NoobAI eps into v-pred.
     """
     return _detect(model_path_or_name, metadata)[0]

@@ -176,6 +176,8 @@ def build_router(service: ServeService) -> APIRouter:
             else override.get("eta_noise_seed_delta"),
             subseed=req.subseed, subseed_strength=req.subseed_strength, guidance_rescale=req.guidance_rescale,
             emphasis=req.emphasis if req.emphasis is not None else override.get("emphasis"), inpainting=inpainting,
+            detailers=service.detailer_units(req.alwayson_scripts),
+            controlnet_units=service.controlnet_units(req.alwayson_scripts, init_image),
         )
         future = service.submit(request, model=model, keep_model=not req.override_settings_restore_afterwards,
                                 label=label)

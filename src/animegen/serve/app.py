@@ -50,6 +50,9 @@ def create_app(config: ServeConfig, *, backend: ModelBackend | None = None) -> F
     app.add_exception_handler(RequestValidationError, validation_error_response)
     app.state.service = service
     app.include_router(build_router(service))
+    from animegen.serve.api_controlnet import build_controlnet_router
+
+    app.include_router(build_controlnet_router(service))  # A1111's extension routes live outside /sdapi/v1
 
     @app.get("/healthz", include_in_schema=False)
     def healthz():

@@ -51,6 +51,13 @@ class ServeConfig(BaseModel):
     upscaler_dir: Path | None = Field(None, description="folder of model upscalers (ESRGAN / Real-ESRGAN / SRVGG "
                                       ".safetensors) the hires fix and the Extras routes may use by file name, "
                                       "besides --model-dir's ESRGAN/ and RealESRGAN/ folders")
+    adetailer_dir: Path | None = Field(None, description="folder of ADetailer detectors (YOLOv8 exported to "
+                                       ".onnx) that alwayson_scripts.ADetailer names by file name (A1111: "
+                                       "models/adetailer; face_yolov8n.pt finds face_yolov8n.onnx)")
+    controlnet_dir: Path | None = Field(None, description="folder of ControlNet models (.safetensors files, diffusers "
+                                        "folders) that alwayson_scripts.controlnet names by file name (A1111: "
+                                        "models/ControlNet; 'control_v11p_sd15_canny [d14c016b]' finds "
+                                        "control_v11p_sd15_canny.safetensors)")
     vae: str | None = None
     device: str | None = None
     dtype: str | None = None

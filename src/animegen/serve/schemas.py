@@ -59,6 +59,9 @@ class Txt2ImgRequest(_A1111Body):
     hr_negative_prompt: str = Field("", description="hires pass negative prompt; empty: negative_prompt")
     hr_cfg: float | None = Field(None, ge=0.0, description="Forge's hires CFG scale; unset: cfg_scale")
     override_settings: dict[str, Any] = Field(default_factory=dict)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description="A1111 extension arguments; "
+                                             "animegen reads ADetailer's ({'ADetailer': {'args': [true, false, "
+                                             "{'ad_model': 'face_yolov8n.pt', ...}]}}) and ignores the others")
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
     save_images: bool = False

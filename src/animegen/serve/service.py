@@ -13,7 +13,7 @@ import gc
 import logging
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from animegen.core.errors import AnimegenError
@@ -277,12 +277,15 @@ class ServeService:
                       hires_schedule_type: str | None = None, hires_prompt: str = "",
                       hires_negative_prompt: str = "", hires_cfg_scale: float | None = None, subseed: int = -1,
                       subseed_strength: float = 0.0, guidance_rescale: float = 0.0,
-                      emphasis: str | None = None, inpainting: dict[str, Any] | None = None) -> GenerationRequest:
+                      emphasis: str | None = None, inpainting: dict[str, Any] | None = None,
+                      detailers: tuple = (), controlnet_units: tuple = ()) -> GenerationRequest:
         """Validate everything and build the generator's request (LoRAs resolved to safe paths).
 
         None (sampler, steps, cfg_scale, width, height, preset) means "not sent": resolved later by the
         preset and the model family, the same way as for `animegen generate`. `inpainting` holds the request's
-        mask fields (`mask`, `mask_blur`, `inpainting_fill`, ...: `GenerationRequest`'s names and values).
+        mask fields (`mask`, `mask_blur`, `inpainting_fill`, ...: `GenerationRequest`'s names and values);
+        `detailers` its ADetailer units (`detailer_units`), `controlnet_units` its ControlNet units
+        (`controlnet_units`).
         """
         if sampler:
             try:
@@ -316,7 +319,8 @@ class ServeService:
             hires_resize_y=hires_resize_y, hires_sampler=hires_sampler, hires_schedule_type=hires_schedule_type,
             hires_prompt=hires_prompt, hires_negative_prompt=hires_negative_prompt, hires_cfg_scale=hires_cfg_scale,
             subseed=subseed, subseed_strength=subseed_strength, guidance_rescale=guidance_rescale,
-            emphasis=emphasis or GenerationRequest.emphasis, **(inpainting or {}),
+            emphasis=emphasis or GenerationRequest.emphasis, detailers=tuple(detailers),
+            controlnet_units=tuple(controlnet_units), **(inpainting or {}),
         )
         try:
             settings = resolve(request, self.backend.default_size)
@@ -327,6 +331,56 @@ class ServeService:
         self.check_size(width=settings.width, height=settings.height, steps=settings.steps,
                         images=n_iter * batch_size, hires_scale=final, hires_steps=hires_steps)
         return request
+
+    def detailer_units(self, alwayson_scripts: dict[str, Any]) -> tuple:
+        """`alwayson_scripts.ADetailer.args` (the script's name in any case, as A1111 matches it) as
+        `DetailerUnit`s, each detector found by name in `adetailer_dir` only and its steps and size within the
+        limits; the other scripts are ignored."""
+        from animegen.generate.detailer import find_detector, units_from_api_args
+
+        script = next((v for k, v in (alwayson_scripts or {}).items() if str(k).lower() == "adetailer"), None)
+        if script is None:
+            return ()
+        field = "alwayson_scripts"
+        try:
+            units = units_from_api_args(script.get("args", []) if isinstance(script, dict) else script)
+        except AnimegenError as exc:
+            raise RequestError(field, f"{field}: {exc}") from None
+        dirs = [self.config.adetailer_dir] if self.config.adetailer_dir else []
+        resolved = []
+        for unit in units:
+            try:
+                path = find_detector(unit.model, dirs, allow_path=False)
+            except AnimegenError as exc:
+                raise RequestError(field, f"{field}: {exc}", status=404) from None
+            if (unit.steps or 0) > self.limits.max_steps:
+                raise RequestError(field, f"{field}: ADetailer steps {unit.steps} exceed this server's max_steps "
+                                   f"{self.limits.max_steps}")
+            if (unit.width or 0) > self.limits.max_width or (unit.height or 0) > self.limits.max_height:
+                raise RequestError(field, f"{field}: ADetailer inpaint size {unit.width}x{unit.height} exceeds this "
+                                   f"server's {self.limits.max_width}x{self.limits.max_height}")
+            resolved.append(replace(unit, model=str(path)))
+        return tuple(resolved)
+
+    def controlnet_units(self, alwayson_scripts: dict[str, Any], init_image=None) -> tuple:
+        """`alwayson_scripts.controlnet.args` (any case) as `ControlUnit`s (`api_controlnet.units_from_api_args`),
+        each model found by name in `controlnet_dir` only and each image within the input pixel limit."""
+        from animegen.generate.controlnet import find_controlnet
+        from animegen.serve.api_controlnet import units_from_api_args
+        from animegen.serve.codec import decode_image
+
+        script = next((v for k, v in (alwayson_scripts or {}).items() if str(k).lower() == "controlnet"), None)
+        if script is None:
+            return ()
+        field = "alwayson_scripts"
+        try:
+            return units_from_api_args(
+                script.get("args", []) if isinstance(script, dict) else script, init_image=init_image,
+                image=lambda data, where: decode_image(data, field=f"{field}: {where}",
+                                                       max_pixels=self.limits.max_input_pixels),
+                find_model=lambda name: find_controlnet(name, self.config.controlnet_dir))
+        except AnimegenError as exc:
+            raise RequestError(field, f"{field}: {exc}") from None
 
     @staticmethod
     def _check_noise(values: dict[str, Any]) -> None:

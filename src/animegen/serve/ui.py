@@ -14,7 +14,8 @@ data (`ui_form`): sampler, steps, CFG and size start empty and an empty field is
 values and then the model family's apply (`animegen.generate.request.resolve`); the UI holds no copy of those
 defaults. Choices come from their homes: samplers (`generate.samplers`), schedule types (`generate.schedules`),
 hires upscalers (`generate.hires`, then the model upscalers of `serve.catalog`), checkpoints and LoRAs
-(`serve.catalog`), embeddings (the loaded model's library), styles (`prompts.presets`).
+(`serve.catalog`), embeddings (the loaded model's library), styles (`prompts.presets`). img2img folds A1111's
+inpaint tab under its init image (`_inpaint`: a mask painted or uploaded, `ui_run.inpaint_mask`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from animegen.generate import (
     request_from_infotext,
 )
 from animegen.generate.hires import DEFAULT_HIRES_UPSCALER, HIRES_UPSCALERS
+from animegen.generate.inpaint import INPAINTING_FILLS
 from animegen.generate.request import lora_tag_text
 from animegen.generate.schedules import SCHEDULE_TYPES
 from animegen.serve import ui_form as form
@@ -137,6 +139,32 @@ def _hires(c: dict[str, Any], lim, upscalers: list[str]) -> None:
                                                     placeholder="(the negative prompt)", elem_id="hires_neg_prompt")
 
 
+def _inpaint(c: dict[str, Any]) -> None:
+    """A1111's inpaint tab, folded under the init image: a mask painted on the image (any stroke = inpaint) or
+    uploaded (white = inpaint), and its settings; with no mask the tab runs plain img2img."""
+    with gr.Accordion("Inpaint", open=False, elem_id="img2img_inpaint_panel"):
+        c["inpaint_mask"] = gr.ImageEditor(type="pil", image_mode="RGBA", format="png", layers=False, transforms=(),
+                                           sources=["upload", "clipboard"], height=320,
+                                           elem_id="img2img_inpaint_editor",
+                                           brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                           label="Paint the mask (the init image is the canvas)")
+        c["inpaint_mask_upload"] = gr.Image(type="filepath", image_mode=None, height=160, sources=["upload"],
+                                            label="or upload a mask (white = inpaint; used instead of the strokes)",
+                                            elem_id="img2img_mask_upload")
+        c["mask_blur"] = gr.Slider(0, 64, value=GenerationRequest.mask_blur, step=1, label="Mask blur",
+                                   elem_id="img2img_mask_blur")
+        c["inpainting_mask_invert"] = gr.Radio(list(form.MASK_MODES), value=form.MASK_MODE.label(False),
+                                               label="Mask mode", elem_id="img2img_mask_mode")
+        c["inpainting_fill"] = gr.Radio(list(INPAINTING_FILLS), value=GenerationRequest.inpainting_fill,
+                                        label="Masked content", elem_id="img2img_inpainting_fill")
+        with gr.Row():
+            c["inpaint_full_res"] = gr.Radio(list(form.INPAINT_AREAS), value=form.INPAINT_AREA.label(False),
+                                             label="Inpaint area", elem_id="img2img_inpaint_full_res")
+            c["inpaint_full_res_padding"] = gr.Slider(0, 256, value=GenerationRequest.inpaint_full_res_padding,
+                                                      step=4, label="Only masked padding, pixels",
+                                                      elem_id="img2img_inpaint_full_res_padding")
+
+
 def _size_rows(kind: str, c: dict[str, Any], lim) -> None:
     with gr.Row(equal_height=True):
         c["width"] = gr.Number(None, step=8, precision=0, label="Width",
@@ -191,6 +219,7 @@ def _generation_tab(kind: str, service: ServeService, choices: dict[str, list], 
             if kind == "img2img":
                 c["init_image"] = gr.Image(type="filepath", image_mode=None, label="Image for img2img", height=320,
                                            sources=["upload", "clipboard"], elem_id="img2img_image")
+                _inpaint(c)
             gr.Markdown("Empty or 0: the style's setting, else the model's default.", elem_id=f"{kind}_unset_note")
             _sampler_rows(kind, c)
             if kind == "txt2img":
@@ -345,6 +374,8 @@ def _result_outputs(c: dict[str, Any]) -> list:
 
 
 def _generate(service: ServeService, kind: str, spec, fields: dict[str, Any], progress) -> tuple:
+    if kind == "img2img":
+        fields = {**fields, "mask": run.inpaint_mask(fields["inpaint_mask"], fields["inpaint_mask_upload"], service)}
     try:
         kwargs = form.request_kwargs(spec, fields)
     except form.FormError as exc:
@@ -358,8 +389,9 @@ def _generate(service: ServeService, kind: str, spec, fields: dict[str, Any], pr
 
 
 def _wire_tab(service: ServeService, kind: str, c: dict[str, Any], spec) -> None:
-    inputs = [c[n] for n in form.names(spec)] + ([c["init_image"]] if kind == "img2img" else [])
-    keys = form.names(spec) + (["init_image"] if kind == "img2img" else [])
+    images_in = ["init_image", "inpaint_mask", "inpaint_mask_upload"] if kind == "img2img" else []
+    inputs = [c[n] for n in form.names(spec) + images_in]
+    keys = form.names(spec) + images_in
 
     def generate(*values, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
         return _generate(service, kind, spec, dict(zip(keys, values)), progress)
@@ -382,6 +414,9 @@ def _wire_tab(service: ServeService, kind: str, c: dict[str, Any], spec) -> None
     c["extra"].change(lambda show: gr.Row(visible=show), c["extra"], c["extra_row"], queue=False)
     if "hires" in c:  # ticking "Hires. fix" opens its settings, as A1111's InputAccordion
         c["hires"].input(lambda on: gr.Accordion(open=on), c["hires"], c["hires_panel"], queue=False)
+    if kind == "img2img":  # the init image becomes the inpaint editor's canvas, its strokes cleared
+        c["init_image"].change(lambda image: {"background": image, "layers": [], "composite": image} if image
+                               is not None else None, c["init_image"], c["inpaint_mask"], queue=False)
     c["switch_size"].click(lambda w, h: (h, w), [c["width"], c["height"]], [c["width"], c["height"]], queue=False)
 
     def add_lora(prompt, name, weight):

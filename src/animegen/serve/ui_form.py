@@ -7,6 +7,10 @@ Contract:
   control of an `unset_when_empty` field (sampler, steps, CFG, size, style) is *not sent*, so the preset and then the model
   family decide (`animegen.generate.request.resolve`): the UI holds no copy of those defaults. With the
   "Hires. fix" box off no hires field is sent, whatever the hires controls show (A1111's `enable_hr`).
+  Likewise the img2img inpaint controls (`INPAINT`: Mask blur, Mask mode, Masked content, Inpaint area, Only
+  masked padding; the radios' labels are A1111's, as its infotext writes them) are sent, as `build_request`'s
+  `inpainting` dict, only with a mask: `values["mask"]`, the image `ui_run.inpaint_mask` made of the editor or
+  the upload (no control of its own, like the init image). Without one, A1111 ignores them, and so do we.
 - `form_values(form, request, image_size=None)` is the inverse used by every "Send to ..." and PNG Info: the
   values to put in the controls for a `GenerationRequest` (usually `request_from_infotext` of an image). It
   carries every setting the form has; the sampler is split into sampler + schedule type as A1111 1.10 shows
@@ -22,6 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from animegen.generate.infotext import _INPAINT_AREAS as INPAINT_AREAS  # the labels' one home: the infotext's
+from animegen.generate.infotext import _MASK_MODES as MASK_MODES
+from animegen.generate.inpaint import inpainting_fill_name
 from animegen.generate.request import GenerationRequest
 
 
@@ -38,6 +45,24 @@ def _bool(value: Any) -> bool:
     return bool(value)
 
 
+class _Labels:
+    """A radio whose labels stand for a request's bool (A1111's "Inpaint area": "Only masked" = True)."""
+
+    def __init__(self, labels: dict[str, bool]):
+        self.labels = labels
+        self.__name__ = "choice (" + " or ".join(repr(label) for label in labels) + ")"
+
+    def __call__(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if value not in self.labels:
+            raise ValueError(value)
+        return self.labels[value]
+
+    def label(self, value: bool) -> str:
+        return next(label for label, meant in self.labels.items() if meant == value)
+
+
 COMMON = (
     Field("prompt", str), Field("negative_prompt", str), Field("preset", str, True),
     Field("sampler", str, True), Field("schedule_type", str, True), Field("steps", int, True),
@@ -51,8 +76,13 @@ HIRES = (
     Field("hires_sampler", str, True), Field("hires_schedule_type", str, True), Field("hires_prompt", str),
     Field("hires_negative_prompt", str),
 )
+MASK_MODE, INPAINT_AREA = _Labels(MASK_MODES), _Labels(INPAINT_AREAS)
+INPAINT = (
+    Field("mask_blur", int), Field("inpainting_mask_invert", MASK_MODE), Field("inpainting_fill", str),
+    Field("inpaint_full_res", INPAINT_AREA), Field("inpaint_full_res_padding", int),
+)
 TXT2IMG = COMMON + HIRES
-IMG2IMG = COMMON + (Field("strength", float),)
+IMG2IMG = COMMON + (Field("strength", float),) + INPAINT
 
 SAME_SAMPLER = "Use same sampler"  # A1111's hires sampler entry meaning "the first pass's"
 SAME_SCHEDULE = "Use same scheduler"
@@ -108,6 +138,9 @@ def request_kwargs(form: Iterable[Field], values: dict[str, Any]) -> dict[str, A
     if "hires" in kwargs and not kwargs["hires"]:
         for name in names(HIRES):
             kwargs.pop(name)
+    inpainting = {name: kwargs.pop(name) for name in names(INPAINT) if name in kwargs}
+    if inpainting and values.get("mask") is not None:
+        kwargs["inpainting"] = {"mask": values["mask"], **inpainting}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.setdefault("prompt", "")
     if "overrides" in fields:
@@ -139,7 +172,11 @@ def form_values(form: Iterable[Field], request: GenerationRequest,
         "sampler": sampler, "schedule_type": schedule, "steps": request.steps, "cfg_scale": request.cfg_scale,
         "width": request.width, "height": request.height, "seed": request.seed, "clip_skip": request.clip_skip,
         "subseed": request.subseed if request.subseed_strength else -1, "subseed_strength": request.subseed_strength,
-        "strength": request.strength,
+        "strength": request.strength, "mask_blur": request.mask_blur,
+        "inpainting_mask_invert": MASK_MODE.label(request.inpainting_mask_invert),
+        "inpainting_fill": inpainting_fill_name(request.inpainting_fill),
+        "inpaint_full_res": INPAINT_AREA.label(request.inpaint_full_res),
+        "inpaint_full_res_padding": request.inpaint_full_res_padding,
     }
     if image_size is not None:
         values["width"], values["height"] = (_round_size(side) for side in image_size)

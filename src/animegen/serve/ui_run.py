@@ -11,7 +11,8 @@ Contract:
 - A user error (bad value, over a limit, queue full, an unreadable or too large upload) is `user_error`: a
   `gr.Error` pop-up that does not print a traceback in the server log. Bugs keep their traceback.
 - `open_init_image` enforces the API's upload limit (`ServeLimits.max_input_pixels`, `codec.open_image`) on a
-  gallery upload before its pixels are decoded.
+  gallery upload before its pixels are decoded; `inpaint_mask` does for an uploaded mask, and otherwise makes
+  the mask of the editor's strokes: every pixel painted on any layer (alpha > 0) is 255 (inpaint), the rest 0.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from animegen.core.errors import AnimegenError
 from animegen.serve.codec import BadImageError, open_image, to_rgb
@@ -92,20 +95,40 @@ def run_generation(service: ServeService, kind: str, fields: dict[str, Any], pro
     return result.images, saved
 
 
+def _open_upload(value, field: str, service: ServeService):
+    """An uploaded image (a path from an upload box, or a PIL image) as it is, within the API's upload limit."""
+    if not isinstance(value, (str, Path)):
+        return value
+    try:
+        with open(value, "rb") as handle:
+            return open_image(handle, field=field, max_pixels=service.limits.max_input_pixels)
+    except BadImageError as exc:
+        raise user_error(str(exc)) from None
+    except OSError as exc:
+        raise user_error(f"{field}: cannot read the upload ({exc})") from None
+
+
 def open_init_image(value, service: ServeService):
     """The img2img init image (a path from the upload box or a PIL image) as RGB, within the API's upload limit."""
     if value is None:
         raise user_error("upload an init image (or use 'Send to img2img')")
-    if not isinstance(value, (str, Path)):
-        return to_rgb(value)
-    try:
-        with open(value, "rb") as handle:
-            image = open_image(handle, field="init image", max_pixels=service.limits.max_input_pixels)
-    except BadImageError as exc:
-        raise user_error(str(exc)) from None
-    except OSError as exc:
-        raise user_error(f"init image: cannot read the upload ({exc})") from None
-    return to_rgb(image)
+    return to_rgb(_open_upload(value, "init image", service))
+
+
+def inpaint_mask(editor, upload, service: ServeService):
+    """The img2img inpainting mask, or None (plain img2img): the uploaded mask as it is (white = inpaint, or its
+    alpha: `generate.inpaint.binary_mask`), else an L image, 255 where any editor layer is painted."""
+    if upload is not None:
+        return _open_upload(upload, "inpaint mask", service)
+    painted = None
+    for layer in (editor or {}).get("layers") or ():
+        if layer is None:
+            continue
+        alpha = np.asarray(layer.convert("RGBA"))[..., 3] > 0
+        painted = alpha if painted is None else painted | alpha  # Gradio sizes every layer as the canvas
+    if painted is None or not painted.any():
+        return None
+    return Image.fromarray(painted.astype(np.uint8) * 255, "L")
 
 
 def switch_checkpoint(service: ServeService, title: str, progress) -> str:
