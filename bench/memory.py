@@ -7,6 +7,8 @@ attaches it (`train.adapters.attach`, same targets), and each byte is counted as
 - frozen weights at the base dtype (fp32 / bf16 / fp8 = 4 / 2 / 1 bytes); the VAE stays fp32 where its
   config says `force_upcast` (as `Trainer.setup` does); a full fine-tune's UNet is trained, not frozen;
 - trained weights in fp32 (the trainer casts every trainable parameter to fp32), gradients the same;
+  with `optimizer.fused_backward` (adamw / adafactor only) the gradients held at once are at most the
+  largest trained tensor's (`*_fused_backward_*` columns; None for the optimizers it refuses);
 - optimizer state as each optimizer allocates it on its first step: AdamW (torch) 2 fp32 moments + a
   4-byte step per tensor; Adafactor (transformers, no first moment as the trainer builds it) factored
   row + column second moments for tensors of ≥ 2 dims, a full one otherwise, and a 4-byte RMS; Prodigy `s`, `p0` (one
@@ -99,6 +101,7 @@ def ledger_rows(arch: str) -> list[dict]:
         _attach(comps, method)
         trained = _trainable(comps)
         n_trained = sum(math.prod(s) for _, s in trained)
+        largest = max(math.prod(s) for _, s in trained)  # the most gradient a fused backward pass holds
         frozen_by_part: dict[str, int] = {}
         for name, module in comps.items():
             frozen_by_part[name] = sum(p.numel() for p in module.parameters() if not p.requires_grad)
@@ -110,6 +113,7 @@ def ledger_rows(arch: str) -> list[dict]:
                 if opt == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
                     state = None
                 weights = frozen + 4 * n_trained
+                fusable = opt in ("adamw", "adafactor") and state is not None
                 rows.append({
                     "arch": arch, "method": method, "optimizer": opt, "base_dtype": base,
                     "trained_params_M": round(n_trained / 1e6, 3),
@@ -117,6 +121,8 @@ def ledger_rows(arch: str) -> list[dict]:
                     "gradients_mib": round(4 * n_trained / MIB, 1),
                     "optimizer_state_mib": None if state is None else round(state / MIB, 1),
                     "total_gib": None if state is None else round((weights + 4 * n_trained + state) / GIB, 3),
+                    "gradients_fused_backward_mib": round(4 * largest / MIB, 1) if fusable else None,
+                    "total_fused_backward_gib": round((weights + 4 * largest + state) / GIB, 3) if fusable else None,
                     "gradient_checkpointing": GRADIENT_CHECKPOINTING[arch],
                 })
     return rows

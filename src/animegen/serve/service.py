@@ -323,7 +323,8 @@ class ServeService:
             controlnet_units=tuple(controlnet_units), **(inpainting or {}),
         )
         try:
-            settings = resolve(request, self.backend.default_size)
+            model = getattr(getattr(self.backend, "generator", None), "model", None)  # what `--preset auto` reads
+            settings = resolve(request, self.backend.default_size, model=model)
         except ValueError as exc:
             raise RequestError(_field_of(str(exc)), str(exc)) from None
         target = hires_target(settings.width, settings.height, hires_scale, hires_resize_x, hires_resize_y)

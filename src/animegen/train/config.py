@@ -72,6 +72,11 @@ class OptimizerSection(_Section):
     scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                        "polynomial"] = "constant_with_warmup"
     warmup_steps: int = Field(0, ge=0)
+    fused_backward: bool = Field(False, description=(
+        "Run each parameter's optimizer step inside the backward pass, as soon as its gradient is complete, "
+        "and free that gradient (kohya's --fused_backward_pass): gradient memory is one tensor's instead of "
+        "all of them, with the same update. For adamw and adafactor; needs optimizer.max_grad_norm = 0, "
+        "train.gradient_accumulation_steps = 1, no fp16 and one process (each needs every gradient at once)."))
 
 
 class LossSection(_Section):
@@ -220,6 +225,8 @@ class TrainConfig(_Section):
                              "choose 'attention' or 'attention_ff'")
         if self.optimizer.name == "adamw8bit":
             _require_bitsandbytes()
+        if self.optimizer.fused_backward:
+            _check_fused_backward(self)
         if not (self.adapter.train_unet or self.adapter.train_text_encoder):
             raise ValueError("adapter.train_unet and adapter.train_text_encoder are both false: nothing to train")
         bad = [f for f in self.export.formats if f == "single_file" and self.adapter.kind != "full"]
@@ -232,6 +239,29 @@ class TrainConfig(_Section):
             except ConfigError as exc:
                 raise ValueError(f"stages[{i}]: {exc}") from None
         return self
+
+
+def _check_fused_backward(cfg: TrainConfig) -> None:
+    """What a step taken per parameter during the backward pass cannot do: anything that has to see every
+    gradient before the first update (kohya refuses the same)."""
+    o, t = cfg.optimizer, cfg.train
+    if o.name not in ("adamw", "adafactor"):
+        raise ValueError(f"optimizer.fused_backward: not with optimizer.name = {o.name!r} (prodigy estimates "
+                         "one step size from all gradients; only adamw's and adafactor's update of a tensor "
+                         "depends on that tensor alone); use 'adamw' or 'adafactor', or set "
+                         "optimizer.fused_backward = false")
+    if o.max_grad_norm > 0:
+        raise ValueError("optimizer.fused_backward: optimizer.max_grad_norm clips by the norm of all gradients "
+                         "together, and each step runs before the others exist; set optimizer.max_grad_norm = 0 "
+                         "or optimizer.fused_backward = false")
+    if t.gradient_accumulation_steps > 1:
+        raise ValueError("optimizer.fused_backward: train.gradient_accumulation_steps > 1 keeps gradients "
+                         "across backward passes, and the fused step frees them in the first; set "
+                         "train.gradient_accumulation_steps = 1 (a larger train.batch_size) or "
+                         "optimizer.fused_backward = false")
+    if t.mixed_precision == "fp16":
+        raise ValueError("optimizer.fused_backward: fp16's loss scaler checks every gradient for overflow "
+                         "before any step; use train.mixed_precision = 'bf16' or 'no'")
 
 
 def _require_bitsandbytes() -> None:

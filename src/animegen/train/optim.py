@@ -9,6 +9,13 @@ bias correction keeps the first steps' Adam moments from inflating the update in
 AdamW runs torch's fused kernel wherever torch has one for the parameters' device (CPU and CUDA among
 them): the same update, computed in one kernel instead of a Python loop over every adapter tensor,
 which on CPU defaults to the per-tensor loop and cost ~10% of a small model's step.
+
+`optimizer.fused_backward` (kohya's `--fused_backward_pass`, OneTrainer's "fused back pass"):
+`FusedBackwardOptimizer` holds one optimizer per parameter and steps it from that parameter's
+`register_post_accumulate_grad_hook`, then frees the gradient, so the backward pass never holds more than
+one parameter's gradient (plus those still being computed). AdamW and Adafactor update each tensor from
+its own gradient and state only, so the weights are those of the ordinary step. Its `param_groups` are the
+per-parameter optimizers' own dicts: one LR scheduler over it sets every learning rate.
 """
 
 from __future__ import annotations
@@ -19,7 +26,14 @@ from animegen.train.config import OptimizerSection
 
 
 def make_optimizer(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Optimizer:
-    """`groups`: torch param groups, each with its own "lr"."""
+    """`groups`: torch param groups, each with its own "lr". With `cfg.fused_backward` the steps run in the
+    backward pass from here on (the hooks are registered now)."""
+    if cfg.fused_backward:
+        return FusedBackwardOptimizer(groups, lambda one: _make_one(one, cfg))
+    return _make_one(groups, cfg)
+
+
+def _make_one(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Optimizer:
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                  fused=_fused_kernel_exists(groups) or None)
@@ -40,6 +54,71 @@ def make_optimizer(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Opt
         return Adafactor(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
     raise ValueError(f"optimizer.name {cfg.name!r}: choose adamw, adamw8bit, prodigy or adafactor")
+
+
+class FusedBackwardOptimizer(torch.optim.Optimizer):
+    """One optimizer per parameter, each stepped by its parameter's gradient hook during `backward()`.
+
+    `step()` and `zero_grad()` do nothing (the steps ran, the gradients are gone), so a training loop
+    written for an ordinary optimizer runs unchanged. `state_dict()` lists the per-parameter optimizers'
+    states in parameter order; `load_state_dict` takes only such a list, for the same parameters.
+    """
+
+    def __init__(self, groups: list[dict], make_one):
+        # torch.optim.Optimizer.__init__ is not called: it would build param_groups of its own
+        self.optimizers = [make_one([{**g, "params": [p]}]) for g in groups for p in g["params"]]
+        self.defaults = self.optimizers[0].defaults if self.optimizers else {}
+        self._hooks = [o.param_groups[0]["params"][0].register_post_accumulate_grad_hook(self._stepper(o))
+                       for o in self.optimizers]
+
+    @staticmethod
+    def _stepper(optimizer: torch.optim.Optimizer):
+        @torch.no_grad()
+        def step_and_free(param: torch.Tensor) -> None:
+            optimizer.step()
+            param.grad = None
+
+        return step_and_free
+
+    @property
+    def param_groups(self) -> list[dict]:  # type: ignore[override]
+        """The inner optimizers' own group dicts, looked up each time (`load_state_dict` replaces them), so
+        an LR scheduler's writes reach the optimizers."""
+        return [o.param_groups[0] for o in self.optimizers]
+
+    @property
+    def state(self) -> dict:  # type: ignore[override]
+        return {p: s for o in self.optimizers for p, s in o.state.items()}
+
+    def step(self, closure=None):  # type: ignore[override]
+        """Nothing left to do: every parameter was stepped when its gradient was complete."""
+        return None if closure is None else closure()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing left to do: the hooks freed each gradient after its step."""
+
+    def state_dict(self) -> dict:  # type: ignore[override]
+        return {"fused_backward": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:  # type: ignore[override]
+        states = state_dict.get("fused_backward")
+        if states is None or len(states) != len(self.optimizers):
+            found = "an ordinary optimizer's state" if states is None else f"{len(states)} parameters' states"
+            raise ValueError(f"optimizer state: expected optimizer.fused_backward state for "
+                             f"{len(self.optimizers)} parameters, found {found}; resume with the settings "
+                             "the checkpoint was written with")
+        for o, s in zip(self.optimizers, states, strict=True):
+            o.load_state_dict(s)
+
+    def remove_hooks(self) -> None:
+        """Stop stepping in the backward pass (the parameters train no further through this optimizer)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def __repr__(self) -> str:
+        inner = type(self.optimizers[0]).__name__ if self.optimizers else "none"
+        return f"FusedBackwardOptimizer({len(self.optimizers)} x {inner})"
 
 
 def _fused_kernel_exists(groups: list[dict]) -> bool:

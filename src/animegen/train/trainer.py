@@ -151,6 +151,12 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.config
+        if cfg.optimizer.fused_backward and self.accelerator.num_processes > 1:
+            from animegen.train.config import ConfigError
+
+            raise ConfigError(f"optimizer.fused_backward: {self.accelerator.num_processes} processes average "
+                              "their gradients after the backward pass, and the fused step runs inside it; "
+                              "train in one process or set optimizer.fused_backward = false")
         self.data = TrainData.load(cfg.data, cfg.train.seed)
         self.pipe = load_base(cfg, str(self.device))
         self.family = family_of(self.pipe)
@@ -200,9 +206,14 @@ class Trainer:
 
             self.ema = EMAModel(self.params, decay=cfg.adapter.ema_decay)
         names = list(self.trained)
-        prepared = self.accelerator.prepare(*[self.trained[n] for n in names], self.optimizer)
-        self.wrapped = dict(zip(names, prepared[:-1], strict=True))
-        self.optimizer = prepared[-1]
+        # a fused-backward optimizer steps in the gradient hooks: accelerate's wrapper (its step under
+        # accumulation, the fp16 scaler) has nothing to wrap
+        fused = cfg.optimizer.fused_backward
+        objects = [*(self.trained[n] for n in names), *([] if fused else [self.optimizer])]
+        prepared = self.accelerator.prepare(*objects)
+        prepared = prepared if len(objects) > 1 else (prepared,)  # one object comes back bare
+        self.wrapped = dict(zip(names, prepared[:len(names)], strict=True))
+        self.optimizer = self.optimizer if fused else prepared[-1]
         self.unet_eval = self.pipe.unet
         self.unet_train = self.wrapped.get("unet", self.pipe.unet)
         self.pipe.unet.train("unet" in self.trained)
@@ -330,6 +341,12 @@ class Trainer:
 
     def restore(self) -> int:
         ckpt = load_checkpoint(list_checkpoints(self.output_dir)[-1])  # `run` checked that there is one
+        written = bool(ckpt["state"].get("config", {}).get("optimizer", {}).get("fused_backward", False))
+        if written != self.config.optimizer.fused_backward:
+            from animegen.train.config import ConfigError
+
+            raise ConfigError(f"--resume: the checkpoint was written with optimizer.fused_backward = "
+                              f"{str(written).lower()} (its optimizer state has that layout); resume with the same")
         self.load_weights(ckpt["weights"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["scheduler"])
@@ -475,6 +492,7 @@ class Trainer:
         return result
 
     def export(self, started: float) -> dict[str, Path]:
+        from animegen.train.conventions import convention_metadata
         from animegen.train.export import export_adapters, export_full, kohya_metadata, tag_frequency
 
         self.accelerator.wait_for_everyone()
@@ -491,6 +509,8 @@ class Trainer:
                               v_prediction=trained_with.prediction_type == "v_prediction",
                               zero_terminal_snr=bool(trained_with.rescale_betas_zero_snr))
         meta["ss_num_reg_images"] = str(round(sum(it.repeats for it in reg)))
+        meta |= convention_metadata(cfg, concept, family=self.family,  # trigger words, preset, settings
+                                    v_prediction=trained_with.prediction_type == "v_prediction")
         meta["ss_prior_loss_weight"] = str(cfg.loss.prior_loss_weight)
         out = self.output_dir / "export"
         if cfg.adapter.kind == "full":
