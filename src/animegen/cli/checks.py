@@ -11,7 +11,9 @@ aliases and pre-1.9 "NAME Schedule" forms accepted), presets (`prompts.presets`)
 stem, `hires.find_hires_upscaler`). Files: the model (path or hub id form,
 `loading.classify_model_ref`), `--vae`, `--lora` files, `<lora:name>` tags in the prompt against
 `--lora-dir`, `--embeddings-dir`, `--init-image`, `--mask` (an image; it and `--outpaint`, whose form is
-checked, need `--init-image`); the output folder is created and probed with a real file
+checked, need `--init-image`); `--controlnet MODEL:IMAGE[:WEIGHT]` (the model a file or a name in
+`--controlnet-dir`, `controlnet.available_controlnets`; the image a file; `--controlnet-module` a known
+preprocessor, `generate.preprocessors`; the control mode and guidance range); the output folder is created and probed with a real file
 (`core.files.writable_folder`), and an `--out` that is a file is named as such.
 """
 
@@ -178,6 +180,68 @@ def check_folder(problems: Problems, option: str, folder: Path | None) -> None:
 def check_file(problems: Problems, option: str, path: Path | str | None) -> None:
     if path is not None and not Path(path).expanduser().exists():
         problems.add(f"{option} {path}", "no such file or folder")
+
+
+CONTROLNET_FORM = "MODEL:IMAGE[:WEIGHT] (a ControlNet file or a name in --controlnet-dir, the control image, weight ≥ 0)"
+
+
+def parse_controlnet_spec(spec: str) -> tuple[str, str, float]:
+    """`--controlnet MODEL:IMAGE[:WEIGHT]` as (model, image, weight); WEIGHT defaults to 1, a ValueError with the
+    expected form otherwise (an IMAGE path may hold ':' itself: a last part that is no number belongs to it)."""
+    model, _, rest = spec.partition(":")
+    image, weight = rest, 1.0
+    head, sep, tail = rest.rpartition(":")
+    if sep:
+        with contextlib.suppress(ValueError):
+            image, weight = head, float(tail)
+    if not model.strip() or not image.strip():
+        raise ValueError(f"give {CONTROLNET_FORM}")
+    return model, image, weight
+
+
+def check_controlnets(problems: Problems, specs: Iterable[str], folder: Path | None, module: str,
+                      control_mode: str, start: float, end: float) -> list[tuple[str, Path, Path, float]]:
+    """Every `--controlnet` unit and the options all units share, without loading anything; returns
+    (spec, model path, image path, weight) per good unit, the model's name resolved in `folder` (none when a
+    shared option is bad: it is reported once here, not again by each unit's `ControlUnit.validate`)."""
+    from animegen.generate.controlnet import available_controlnets, control_mode_name
+    from animegen.generate.preprocessors import PREPROCESSORS, preprocessor_spec
+
+    specs = list(specs)
+    if not specs:
+        return []
+    check_folder(problems, "--controlnet-dir", folder)
+    before = len(problems.lines)
+    try:
+        preprocessor_spec(module)
+    except AnimegenError as exc:
+        problems.add(f"--controlnet-module {module}", error_line(exc) + did_you_mean(module, PREPROCESSORS))
+    with problems.catch(f"--control-mode {control_mode}"):
+        control_mode_name(int(control_mode) if control_mode.strip().isdigit() else control_mode)
+    if not 0 <= start <= end <= 1:
+        problems.add(f"--controlnet-start {start:g} --controlnet-end {end:g}", f"ControlNet guidance_start {start:g} "
+                     f"and guidance_end {end:g} must satisfy 0 <= start <= end <= 1")
+    shared_ok = len(problems.lines) == before
+    known = available_controlnets(folder)
+    where = f"in --controlnet-dir {folder}" if folder else "(no --controlnet-dir given)"
+    units = []
+    for spec in specs:
+        try:
+            model, image, weight = parse_controlnet_spec(spec)
+        except ValueError as exc:
+            problems.add(f"--controlnet {spec}", str(exc))
+            continue
+        path, stem = Path(model).expanduser(), model.split(" [", 1)[0].strip()  # A1111's `name [hash]` too
+        if not path.exists() and stem not in known:
+            problems.add(f"--controlnet {spec}", f"no such ControlNet file, and none named {stem!r} {where}"
+                         f"{did_you_mean(stem, known)}; known: {', '.join(sorted(known)) or 'none'}")
+        if not Path(image).expanduser().is_file():
+            problems.add(f"--controlnet {spec}", f"the control image {image} is no such file")
+        if not 0 <= weight < float("inf"):
+            problems.add(f"--controlnet {spec}", f"weight {weight:g} must be ≥ 0 (0 = the unit does nothing)")
+        elif shared_ok and (path.exists() or stem in known) and Path(image).expanduser().is_file():
+            units.append((spec, path if path.exists() else known[stem], Path(image).expanduser(), weight))
+    return units
 
 
 OUTPAINT_FORM = "LEFT,RIGHT,TOP,BOTTOM: four whole numbers of pixels to add, ≥ 0, at least one > 0 (e.g. 0,0,0,128)"

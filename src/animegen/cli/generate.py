@@ -18,6 +18,7 @@ from animegen.cli.checks import (
     DEVICE_HELP,
     DTYPE_HELP,
     Problems,
+    check_controlnets,
     check_device_and_dtype,
     check_file,
     check_folder,
@@ -117,6 +118,18 @@ def generate_command(
     adetailer_dir: Optional[Path] = typer.Option(None, help="Folder of ONNX detectors --adetailer names."),
     ad_confidence: float = typer.Option(0.3, help="ADetailer: drop detections scoring at most this."),
     ad_denoise: float = typer.Option(0.4, help="ADetailer: denoising strength of each detection's inpaint."),
+    controlnet: list[str] = typer.Option([], "--controlnet", metavar="MODEL:IMAGE[:WEIGHT]", help="ControlNet "
+                                         "unit: a ControlNet (.safetensors file or diffusers folder, or a name in "
+                                         "--controlnet-dir, e.g. control_v11p_sd15_canny) guided by the control "
+                                         "IMAGE at WEIGHT (default 1); repeatable, one unit each."),
+    controlnet_dir: Optional[Path] = typer.Option(None, help="Folder of ControlNets --controlnet names."),
+    controlnet_module: str = typer.Option("none", help="ControlNet preprocessor run on every unit's image: none "
+                                          "(the image is the control map), canny, threshold, invert, "
+                                          "tile_resample, ..."),
+    controlnet_start: float = typer.Option(0.0, help="ControlNet: step fraction from which the units act."),
+    controlnet_end: float = typer.Option(1.0, help="ControlNet: step fraction after which they stop."),
+    control_mode: str = typer.Option("Balanced", help="ControlNet control mode: Balanced, \"My prompt is more "
+                                     "important\" or \"ControlNet is more important\" (or 0, 1, 2)."),
     hires: bool = typer.Option(False, help="Run the hires fix even at --hires-scale 1 (on anyway with a scale > 1 "
                                "or a --hires-resize-x/-y)."),
     hires_scale: float = typer.Option(1.0, help="Hires fix upscale factor (1 = off)."),
@@ -261,7 +274,8 @@ def _build_request(ctx: typer.Context, problems: Problems, total: int):
         else:
             with problems.catch(f"--init-image {params['init_image']}"):
                 settings["init_image"] = open_image(params["init_image"])
-    derived = _inpaint_settings(ctx, problems, settings) | _detailer_settings(ctx, problems, settings)
+    derived = (_inpaint_settings(ctx, problems, settings) | _detailer_settings(ctx, problems, settings)
+               | _controlnet_settings(ctx, problems, settings))
     request = None
     from_png = params["from_png"]
     if from_png is not None:
@@ -308,6 +322,31 @@ def _detailer_settings(ctx: typer.Context, problems: Problems, settings: dict) -
             units.append(unit)
     settings["detailers"] = tuple(units)
     return {"detailers"}
+
+
+def _controlnet_settings(ctx: typer.Context, problems: Problems, settings: dict) -> set[str]:
+    """`--controlnet MODEL:IMAGE[:WEIGHT]` units (with `--controlnet-module`, `--controlnet-start/-end` and
+    `--control-mode` for all of them), models and images found now, before loading (`checks.check_controlnets`);
+    returns {"controlnet_units"} when given (they override `--from-png`'s)."""
+    params = ctx.params
+    found = check_controlnets(problems, params["controlnet"], params["controlnet_dir"], params["controlnet_module"],
+                              params["control_mode"], params["controlnet_start"], params["controlnet_end"])
+    if not params["controlnet"]:
+        return set()
+    from animegen.data.image_io import open_image
+    from animegen.generate.controlnet import ControlUnit
+
+    mode = params["control_mode"]
+    units = []
+    for spec, model, image, weight in found:
+        with problems.catch(f"--controlnet {spec}"):
+            unit = ControlUnit(model=model, image=open_image(image), weight=weight,
+                               guidance_start=params["controlnet_start"], guidance_end=params["controlnet_end"],
+                               control_mode=int(mode) if mode.strip().isdigit() else mode,
+                               preprocessor=params["controlnet_module"])
+            units.append(unit)
+    settings["controlnet_units"] = tuple(units)
+    return {"controlnet_units"}
 
 
 def _inpaint_settings(ctx: typer.Context, problems: Problems, settings: dict) -> set[str]:

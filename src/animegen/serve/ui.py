@@ -15,12 +15,15 @@ values and then the model family's apply (`animegen.generate.request.resolve`); 
 defaults. Choices come from their homes: samplers (`generate.samplers`), schedule types (`generate.schedules`),
 hires upscalers (`generate.hires`, then the model upscalers of `serve.catalog`), checkpoints and LoRAs
 (`serve.catalog`), embeddings (the loaded model's library), styles (`prompts.presets`). img2img folds A1111's
-inpaint tab under its init image (`_inpaint`: a mask painted or uploaded, `ui_run.inpaint_mask`).
+inpaint tab under its init image (`_inpaint`: a mask painted or uploaded, `ui_run.inpaint_mask`). Both tabs
+end their settings with a "ControlNet" and an "ADetailer" accordion (`_controlnet`, `_adetailer`: one unit each,
+sent only when enabled; models from the server's controlnet_dir / adetailer_dir, as the API lists them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -32,8 +35,11 @@ from animegen.generate import (
     read_png_infotext,
     request_from_infotext,
 )
+from animegen.generate.controlnet import CONTROL_MODES, ControlUnit, available_controlnets, controlnet_name
+from animegen.generate.detailer import DetailerUnit
 from animegen.generate.hires import DEFAULT_HIRES_UPSCALER, HIRES_UPSCALERS
 from animegen.generate.inpaint import INPAINTING_FILLS
+from animegen.generate.preprocessors import PREPROCESSORS
 from animegen.generate.request import lora_tag_text
 from animegen.generate.schedules import SCHEDULE_TYPES
 from animegen.serve import ui_form as form
@@ -61,6 +67,10 @@ def _choices(service: ServeService) -> dict[str, list]:
         "embeddings": sorted(service.embeddings()["loaded"]),
         "vaes": [entry.name for entry in service.catalog.vaes()],
         "hires_upscalers": [*HIRES_UPSCALERS, *(e.name for e in service.catalog.upscalers() if e.path is not None)],
+        "controlnets": [controlnet_name(path) for _, path in sorted(available_controlnets(
+            service.config.controlnet_dir).items())],  # as GET /controlnet/model_list names them
+        "detectors": sorted(p.stem for p in Path(service.config.adetailer_dir).glob("*.onnx"))
+        if service.config.adetailer_dir else [],  # the names `detailer.find_detector` finds
     }
 
 
@@ -165,6 +175,52 @@ def _inpaint(c: dict[str, Any]) -> None:
                                                       elem_id="img2img_inpaint_full_res_padding")
 
 
+def _controlnet(kind: str, c: dict[str, Any], choices: dict[str, list]) -> None:
+    """The sd-webui-controlnet extension's accordion with one unit: enable, control image (img2img: the init image
+    when empty), preprocessor, model, weight, guidance range, control mode."""
+    unit = ControlUnit.__dataclass_fields__
+    with gr.Accordion("ControlNet", open=False, elem_id=f"{kind}_controlnet"):
+        c["cn_enable"] = gr.Checkbox(False, label="Enable", elem_id=f"{kind}_controlnet_enable")
+        c["cn_image"] = gr.Image(type="filepath", image_mode=None, height=200, sources=["upload", "clipboard"],
+                                 label="Control image" + (" (empty: the init image)" if kind == "img2img" else ""),
+                                 elem_id=f"{kind}_controlnet_image")
+        with gr.Row():
+            c["cn_module"] = gr.Dropdown(list(PREPROCESSORS), value=unit["preprocessor"].default,
+                                         label="Preprocessor", elem_id=f"{kind}_controlnet_module")
+            c["cn_model"] = gr.Dropdown(choices["controlnets"], value=None, label="Model",
+                                        elem_id=f"{kind}_controlnet_model")
+        with gr.Row():
+            c["cn_weight"] = gr.Slider(0, 2, value=unit["weight"].default, step=0.05, label="Control Weight",
+                                       elem_id=f"{kind}_controlnet_weight")
+            c["cn_start"] = gr.Slider(0, 1, value=unit["guidance_start"].default, step=0.01,
+                                      label="Starting Control Step", elem_id=f"{kind}_controlnet_start")
+            c["cn_end"] = gr.Slider(0, 1, value=unit["guidance_end"].default, step=0.01, label="Ending Control Step",
+                                    elem_id=f"{kind}_controlnet_end")
+        c["cn_control_mode"] = gr.Radio(list(CONTROL_MODES), value=unit["control_mode"].default, label="Control Mode",
+                                        elem_id=f"{kind}_controlnet_control_mode")
+
+
+def _adetailer(kind: str, c: dict[str, Any], choices: dict[str, list]) -> None:
+    """ADetailer's accordion with one unit: enable, detector, its prompts, confidence and inpaint denoising."""
+    unit = DetailerUnit.__dataclass_fields__
+    with gr.Accordion("ADetailer", open=False, elem_id=f"{kind}_adetailer"):
+        with gr.Row():
+            c["ad_enable"] = gr.Checkbox(False, label="Enable ADetailer", elem_id=f"{kind}_ad_enable")
+            c["ad_model"] = gr.Dropdown(choices["detectors"], value=None, label="ADetailer model",
+                                        elem_id=f"{kind}_ad_model")
+        c["ad_prompt"] = gr.Textbox(label="ADetailer prompt", lines=2, placeholder="(the image's prompt)",
+                                    elem_id=f"{kind}_ad_prompt")
+        c["ad_negative_prompt"] = gr.Textbox(label="ADetailer negative prompt", lines=2,
+                                             placeholder="(the image's negative prompt)",
+                                             elem_id=f"{kind}_ad_negative_prompt")
+        with gr.Row():
+            c["ad_confidence"] = gr.Slider(0, 1, value=unit["confidence"].default, step=0.01,
+                                           label="Detection model confidence threshold",
+                                           elem_id=f"{kind}_ad_confidence")
+            c["ad_denoise"] = gr.Slider(0, 1, value=unit["denoise"].default, step=0.01,
+                                        label="Inpaint denoising strength", elem_id=f"{kind}_ad_denoise")
+
+
 def _size_rows(kind: str, c: dict[str, Any], lim) -> None:
     with gr.Row(equal_height=True):
         c["width"] = gr.Number(None, step=8, precision=0, label="Width",
@@ -229,6 +285,8 @@ def _generation_tab(kind: str, service: ServeService, choices: dict[str, list], 
                 c["strength"] = gr.Slider(0.01, 1.0, value=GenerationRequest.strength, step=0.01,
                                           label="Denoising strength", elem_id="img2img_denoising_strength")
             _seed_rows(kind, c)
+            _controlnet(kind, c, choices)
+            _adetailer(kind, c, choices)
         with gr.Column(scale=1, elem_id=f"{kind}_results"):
             _output_panel(kind, c)
     return c
@@ -380,16 +438,18 @@ def _generate(service: ServeService, kind: str, spec, fields: dict[str, Any], pr
         kwargs = form.request_kwargs(spec, fields)
     except form.FormError as exc:
         raise run.user_error(str(exc)) from None
+    control = run.open_control_image(fields["cn_image"], service) if kwargs.get("alwayson_scripts") else None
     if kind == "img2img":
         kwargs["init_image"] = run.open_init_image(fields["init_image"], service)
-    images, saved = run.run_generation(service, kind, kwargs, progress)
+        control = kwargs["init_image"] if control is None else control  # the extension's rule
+    images, saved = run.run_generation(service, kind, kwargs, progress, control_image=control)
     where = sorted({str(path.parent) for path in saved})
     note = f"Saved {len(saved)} image(s) to `{', '.join(where)}`" if saved else ""
     return ([(im.image, im.infotext) for im in images], images, images[0].infotext if images else "", 0, note)
 
 
 def _wire_tab(service: ServeService, kind: str, c: dict[str, Any], spec) -> None:
-    images_in = ["init_image", "inpaint_mask", "inpaint_mask_upload"] if kind == "img2img" else []
+    images_in = ["cn_image", *(["init_image", "inpaint_mask", "inpaint_mask_upload"] if kind == "img2img" else [])]
     inputs = [c[n] for n in form.names(spec) + images_in]
     keys = form.names(spec) + images_in
 

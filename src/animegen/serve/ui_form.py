@@ -11,6 +11,12 @@ Contract:
   masked padding; the radios' labels are A1111's, as its infotext writes them) are sent, as `build_request`'s
   `inpainting` dict, only with a mask: `values["mask"]`, the image `ui_run.inpaint_mask` made of the editor or
   the upload (no control of its own, like the init image). Without one, A1111 ignores them, and so do we.
+- The "ControlNet" and "ADetailer" accordions of both tabs (`CONTROLNET`, `ADETAILER`: one unit each) are sent
+  only with their Enable box ticked, and then as the API's `alwayson_scripts` (the extensions' own field names:
+  `controlnet.args`, `ADetailer.args`), which `ui_run.run_generation` turns into `build_request`'s
+  `controlnet_units` / `detailers` the way the API does (`ServeService.controlnet_units` / `detailer_units`:
+  names found in the server's folders only). The control image is `values["control_image"]`, read by the UI
+  like the init image; without one, img2img's init image is used (the extension's rule).
 - `form_values(form, request, image_size=None)` is the inverse used by every "Send to ..." and PNG Info: the
   values to put in the controls for a `GenerationRequest` (usually `request_from_infotext` of an image). It
   carries every setting the form has; the sampler is split into sampler + schedule type as A1111 1.10 shows
@@ -81,8 +87,23 @@ INPAINT = (
     Field("mask_blur", int), Field("inpainting_mask_invert", MASK_MODE), Field("inpainting_fill", str),
     Field("inpaint_full_res", INPAINT_AREA), Field("inpaint_full_res_padding", int),
 )
-TXT2IMG = COMMON + HIRES
-IMG2IMG = COMMON + (Field("strength", float),) + INPAINT
+# one ControlNet unit; the fields after cn_enable are the extension's API fields under these names
+CONTROLNET = (
+    Field("cn_enable", _bool), Field("cn_module", str), Field("cn_model", str, True), Field("cn_weight", float),
+    Field("cn_start", float), Field("cn_end", float), Field("cn_control_mode", str),
+)
+CONTROLNET_API = {"cn_module": "module", "cn_model": "model", "cn_weight": "weight", "cn_start": "guidance_start",
+                  "cn_end": "guidance_end", "cn_control_mode": "control_mode"}
+# one ADetailer unit, likewise under ADetailer's ad_* names
+ADETAILER = (
+    Field("ad_enable", _bool), Field("ad_model", str, True), Field("ad_prompt", str),
+    Field("ad_negative_prompt", str), Field("ad_confidence", float), Field("ad_denoise", float),
+)
+ADETAILER_API = {"ad_model": "ad_model", "ad_prompt": "ad_prompt", "ad_negative_prompt": "ad_negative_prompt",
+                 "ad_confidence": "ad_confidence", "ad_denoise": "ad_denoising_strength"}
+UNITS = CONTROLNET + ADETAILER
+TXT2IMG = COMMON + HIRES + UNITS
+IMG2IMG = COMMON + (Field("strength", float),) + INPAINT + UNITS
 
 SAME_SAMPLER = "Use same sampler"  # A1111's hires sampler entry meaning "the first pass's"
 SAME_SCHEDULE = "Use same scheduler"
@@ -141,11 +162,31 @@ def request_kwargs(form: Iterable[Field], values: dict[str, Any]) -> dict[str, A
     inpainting = {name: kwargs.pop(name) for name in names(INPAINT) if name in kwargs}
     if inpainting and values.get("mask") is not None:
         kwargs["inpainting"] = {"mask": values["mask"], **inpainting}
+    scripts = _unit_scripts(kwargs)
+    if scripts:
+        kwargs["alwayson_scripts"] = scripts
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.setdefault("prompt", "")
     if "overrides" in fields:
         kwargs.update(parse_overrides(values.get("overrides") or ()))
     return kwargs
+
+
+def _unit_scripts(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The enabled accordions' units, taken out of `kwargs`, as the API's `alwayson_scripts` (see the contract)."""
+    units = {name: kwargs.pop(name) for name in names(UNITS) if name in kwargs}
+    scripts: dict[str, Any] = {}
+    if units.get("cn_enable"):
+        if not units.get("cn_model"):
+            raise FormError("ControlNet: pick a model (from the server's controlnet_dir), or untick Enable")
+        scripts["controlnet"] = {"args": [{key: units[name] for name, key in CONTROLNET_API.items()
+                                           if units.get(name) is not None}]}
+    if units.get("ad_enable"):
+        if not units.get("ad_model"):
+            raise FormError("ADetailer: pick a detector (from the server's adetailer_dir), or untick Enable")
+        scripts["ADetailer"] = {"args": [{key: units[name] for name, key in ADETAILER_API.items()
+                                          if units.get(name) is not None}]}
+    return scripts
 
 
 def _split_sampler(name: str | None, schedule: str | None) -> tuple[str, str]:

@@ -10,6 +10,10 @@ Contract:
   gallery's PNGs carry the infotext too, so a download from the gallery reads back in PNG Info.
 - A user error (bad value, over a limit, queue full, an unreadable or too large upload) is `user_error`: a
   `gr.Error` pop-up that does not print a traceback in the server log. Bugs keep their traceback.
+- The ControlNet / ADetailer accordions arrive as the API's `alwayson_scripts` (`ui_form`); `run_generation`
+  makes them units through the API's own `ServeService.controlnet_units` / `detailer_units` (models by name in
+  the server's folders only, the same limits), the control image (`open_control_image`) standing in for the
+  extension's `input_image`.
 - `open_init_image` enforces the API's upload limit (`ServeLimits.max_input_pixels`, `codec.open_image`) on a
   gallery upload before its pixels are decoded; `inpaint_mask` does for an uploaded mask, and otherwise makes
   the mask of the editor's strokes: every pixel painted on any layer (alpha > 0) is 255 (inpaint), the rest 0.
@@ -65,13 +69,15 @@ def outputs_layout(service: ServeService):
     return OutputLayout(Path(service.config.outputs_dir))
 
 
-def run_generation(service: ServeService, kind: str, fields: dict[str, Any], progress) -> tuple[list, list[Path]]:
+def run_generation(service: ServeService, kind: str, fields: dict[str, Any], progress,
+                   control_image=None) -> tuple[list, list[Path]]:
     """Validate, queue, wait and save; returns the generated images and the files they were saved to.
 
+    `fields` may hold `alwayson_scripts` (the accordions' units; `control_image` is their ControlNet image).
     Each image keeps its infotext in `.info["parameters"]`, which Gradio writes into the PNG it serves.
     """
     try:
-        request = service.build_request(**fields)
+        request = service.build_request(**fields_with_units(service, fields, control_image))
         future = service.submit(request, label=f"{kind} (ui)")
     except RequestError as exc:
         raise user_error(f"{exc.field}: {exc.message}") from None
@@ -93,6 +99,25 @@ def run_generation(service: ServeService, kind: str, fields: dict[str, Any], pro
                              "outputs_dir in the [serve] config to a writable folder") from None
         image.image.info["parameters"] = image.infotext
     return result.images, saved
+
+
+def fields_with_units(service: ServeService, fields: dict[str, Any], control_image) -> dict[str, Any]:
+    """`fields` with its `alwayson_scripts` replaced by `build_request`'s `controlnet_units` and `detailers`."""
+    scripts = fields.get("alwayson_scripts")
+    if not scripts:
+        return fields
+    if "controlnet" in scripts and control_image is None:
+        raise user_error("ControlNet: upload a control image (img2img uses its init image when none is given)")
+    fields = {k: v for k, v in fields.items() if k != "alwayson_scripts"}
+    fields["controlnet_units"] = service.controlnet_units(scripts, init_image=control_image)
+    fields["detailers"] = service.detailer_units(scripts)
+    return fields
+
+
+def open_control_image(value, service: ServeService):
+    """The ControlNet accordion's image (a path from the upload box, a PIL image, or None) as RGB, within the
+    API's upload limit."""
+    return None if value is None else to_rgb(_open_upload(value, "ControlNet image", service))
 
 
 def _open_upload(value, field: str, service: ServeService):
