@@ -101,6 +101,22 @@ def fake_backend_cls():
     return FakeBackend
 
 
+@pytest.fixture
+def recording_backend(fake_backend_cls):
+    """A FakeBackend that also keeps every `GenerationRequest` it is handed (`.requests`)."""
+
+    class Recording(fake_backend_cls):
+        def __init__(self):
+            super().__init__()
+            self.requests = []
+
+        def generate(self, request, progress, interrupt):
+            self.requests.append(request)
+            return super().generate(request, progress, interrupt)
+
+    return Recording()
+
+
 @contextlib.contextmanager
 def running_server(app):
     """Serve `app` with uvicorn on 127.0.0.1 and an ephemeral port; yield the base URL."""

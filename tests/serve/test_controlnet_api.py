@@ -10,7 +10,6 @@ import io
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_defaults import recording_backend  # noqa: F401  (a fixture: tests/serve/test_defaults.py)
 
 from animegen.core.errors import AnimegenError
 from animegen.serve.api_controlnet import units_from_api_args
@@ -25,7 +24,7 @@ def _b64(image: Image.Image) -> str:
 
 
 @pytest.fixture
-def served(recording_backend, tiny_sd15_dir, tmp_path):  # noqa: F811 (the imported fixture)
+def served(recording_backend, tiny_sd15_dir, tmp_path):
     models = tmp_path / "ControlNet"
     (models / "sdxl").mkdir(parents=True)
     (models / "control_v11p_sd15_canny.safetensors").write_bytes(b"x")  # found by name; never loaded here

@@ -18,20 +18,6 @@ from animegen.serve.service import ServeService
 SETTINGS = ("sampler_name", "steps", "cfg_scale", "width", "height")
 
 
-@pytest.fixture
-def recording_backend(fake_backend_cls):
-    class Recording(fake_backend_cls):
-        def __init__(self):
-            super().__init__()
-            self.requests = []
-
-        def generate(self, request, progress, interrupt):
-            self.requests.append(request)
-            return super().generate(request, progress, interrupt)
-
-    return Recording()
-
-
 def _config(serve_dirs, **overrides) -> ServeConfig:
     return ServeConfig(model=str(serve_dirs["models"] / "tiny-a"), lora_dir=serve_dirs["loras"], **overrides)
 

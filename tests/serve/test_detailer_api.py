@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from test_defaults import recording_backend  # noqa: F401  (a fixture: tests/serve/test_defaults.py)
 
 from animegen.generate.detailer import DetailerUnit, units_from_api_args
 from animegen.serve.app import create_app
@@ -13,7 +12,7 @@ from animegen.serve.config import ServeConfig
 
 
 @pytest.fixture
-def served(recording_backend, tiny_sd15_dir, tmp_path):  # noqa: F811 (the imported fixture)
+def served(recording_backend, tiny_sd15_dir, tmp_path):
     detectors = tmp_path / "adetailer"
     detectors.mkdir()
     (detectors / "face_yolov8n.onnx").write_bytes(b"onnx")  # found by name; never run by the recording backend

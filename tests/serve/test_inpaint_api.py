@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_defaults import recording_backend  # noqa: F401  (a fixture: tests/serve/test_defaults.py)
 
 from animegen.serve.app import create_app
 from animegen.serve.config import ServeConfig
@@ -30,7 +29,7 @@ def init_and_mask():
 
 
 @pytest.fixture
-def recording(recording_backend, tiny_sd15_dir):  # noqa: F811 (the imported fixture)
+def recording(recording_backend, tiny_sd15_dir):
     return recording_backend, create_app(ServeConfig(model=str(tiny_sd15_dir), ui=False), backend=recording_backend)
 
 

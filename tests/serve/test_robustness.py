@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -78,6 +79,60 @@ def test_steps_and_images_over_the_limit_are_422(client):
     assert "16" in _field_error(client.post("/sdapi/v1/txt2img", json={**SMALL, "batch_size": 17}), "n_iter")
 
 
+def _scheduled_chars(prompt: str, negative: str, steps: int, **hires) -> int:
+    """What the encoder gets for one pass: the characters of its distinct scheduled texts."""
+    from animegen.prompts.schedule import pass_schedules
+
+    plan = pass_schedules(prompt, negative, steps, **hires)
+    return sum(map(len, plan.positive_texts())) + sum(map(len, plan.negative_texts()))
+
+
+EDITS = " ".join(f"[red{i}:blue{i}:{i}]" for i in range(1, 41))  # a new text at each of 40 steps
+
+
+def test_the_schedule_limit_defaults_to_eight_prompts():
+    limits = ServeLimits()
+    assert limits.max_schedule_chars == 8 * limits.max_prompt_chars
+
+
+@pytest.mark.parametrize("over", [True, False])
+def test_a_prompt_schedule_over_max_schedule_chars_is_422_naming_prompt(serve_dirs, fake_backend_cls, over):
+    body = {"prompt": EDITS, "negative_prompt": "lowres", "width": 64, "height": 64, "steps": 40}
+    total = _scheduled_chars(EDITS, "lowres", 40)
+    assert total > 10 * len(EDITS)  # the schedule, not the prompt, is what is big
+    backend = fake_backend_cls()
+    limits = ServeLimits(max_schedule_chars=total - 1 if over else total)
+    with TestClient(create_app(_config(serve_dirs, limits=limits), backend=backend)) as test_client:
+        response = test_client.post("/sdapi/v1/txt2img", json=body)
+    if over:
+        message = _field_error(response, "prompt")
+        assert str(total) in message and str(total - 1) in message and "max_schedule_chars" in message
+        assert not backend.ran
+    else:
+        assert response.status_code == 200, response.text
+
+
+def test_the_hires_pass_schedule_is_limited_too(serve_dirs, fake_backend_cls):
+    body = {"prompt": "1girl", "hr_prompt": EDITS, "enable_hr": True, "hr_second_pass_steps": 40,
+            "width": 64, "height": 64, "steps": 2}
+    total = _scheduled_chars(EDITS, "", 2, hires_steps=40)
+    limits = ServeLimits(max_schedule_chars=total - 1)
+    with TestClient(create_app(_config(serve_dirs, limits=limits), backend=fake_backend_cls())) as test_client:
+        message = _field_error(test_client.post("/sdapi/v1/txt2img", json=body), "hr_prompt")
+    assert str(total) in message and "max_schedule_chars" in message
+
+
+def test_the_worst_schedule_at_the_limits_is_refused_quickly(client):
+    limits = ServeLimits()
+    prompt = "".join(f"[{i % 10}:{i % 7}:{i % limits.max_steps + 1}]" for i in range(limits.max_prompt_chars // 9))
+    prompt = prompt[: limits.max_prompt_chars]
+    start = time.perf_counter()
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": prompt, "width": 64, "height": 64,
+                                                      "steps": limits.max_steps})
+    elapsed = time.perf_counter() - start
+    assert "max_schedule_chars" in _field_error(response, "prompt")
+    assert elapsed < 10, elapsed
+
 def test_a_job_past_max_job_seconds_is_interrupted(serve_dirs, fake_backend_cls):
     gate = threading.Event()  # never opened: the job would run forever
     backend = fake_backend_cls(gate=gate)
@@ -89,6 +144,22 @@ def test_a_job_past_max_job_seconds_is_interrupted(serve_dirs, fake_backend_cls)
     assert response.status_code == 200 and response.json()["images"] == []
     assert '"interrupted": true' in response.json()["info"]
     assert 0.4 < elapsed < 5
+
+
+def test_a_job_cut_off_by_max_job_seconds_says_why(serve_dirs, fake_backend_cls, caplog):
+    backend = fake_backend_cls(gate=threading.Event())  # never opened
+    config = _config(serve_dirs, limits=ServeLimits(max_job_seconds=0.5))
+    with TestClient(create_app(config, backend=backend)) as test_client, caplog.at_level("WARNING"):
+        info = json.loads(test_client.post("/sdapi/v1/txt2img", json={"prompt": "forever", **SMALL}).json()["info"])
+    assert info["interrupted"] is True
+    assert info["interrupted_reason"] == "max_job_seconds (0.5 s) reached"
+    assert any("max_job_seconds (0.5 s) reached" in r.getMessage() for r in caplog.records
+               if r.levelname == "WARNING")
+
+
+def test_a_job_that_finishes_in_time_has_no_interrupted_reason(client):
+    info = json.loads(client.post("/sdapi/v1/txt2img", json={"prompt": "quick", **SMALL}).json()["info"])
+    assert info["interrupted"] is False and info["interrupted_reason"] is None
 
 
 # -- 4xx, never 500 -----------------------------------------------------------------------------------------

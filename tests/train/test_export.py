@@ -79,3 +79,12 @@ def test_kohya_metadata_has_training_settings():
     assert meta["ss_base_model_version"].startswith("sdxl") and meta["ss_optimizer"] == "prodigy"
     assert meta["ss_min_snr_gamma"] == "5.0" and meta["ss_num_train_images"] == "28"
     assert all(isinstance(v, str) for v in meta.values())
+
+
+def test_kohya_metadata_records_the_noise_and_caption_options_under_kohyas_keys():
+    cfg = validate_config({"loss": {"multires_noise_iterations": 6, "multires_noise_discount": 0.3,
+                                    "ip_noise_gamma": 0.1, "debiased_estimation_loss": True},
+                           "data": {"caption_tag_dropout_rate": 0.1}, "model": {"base_dtype": "fp8"}})
+    meta = kohya_metadata(cfg, family="sd15", steps=10, num_images=4, started_at=0.0)
+    assert (meta["ss_multires_noise_iterations"], meta["ss_multires_noise_discount"], meta["ss_ip_noise_gamma"],
+            meta["ss_debiased_estimation"], meta["ss_caption_tag_dropout_rate"], meta["ss_fp8_base"]) == ("6", "0.3", "0.1", "True", "0.1", "True")

@@ -116,8 +116,13 @@ def test_old_diffusers_named_files_of_other_kinds_still_read(tmp_path, bases, ar
     trained, modules, _ = _trained(arch, kind, targets, te)
     want, before = _outputs(trained), _outputs(base)
     old = write_lora(adapters_to_lora_file(modules, kind), tmp_path / "char_diffusers.safetensors", format="diffusers")
-    with pytest.raises(ValueError):  # ...and diffusers never could load it, which is why it is no longer written
-        copy.deepcopy(base).load_lora_weights(str(old))
+    if kind == "dora":  # diffusers drops the dora_scale keys (a warning) and loads another model: not written
+        theirs = copy.deepcopy(base)
+        theirs.load_lora_weights(str(old))
+        assert (_outputs(theirs)["unet"] - want["unet"]).abs().max() > 1e-3
+    else:
+        with pytest.raises(ValueError):  # ...and diffusers never could load it, which is why it is no longer written
+            copy.deepcopy(base).load_lora_weights(str(old))
     apply_loras(base, [(read_lora(old), 1.0)])
     try:
         _assert_reproduces(base, want, before, kind, "animegen <- old _diffusers file")

@@ -116,13 +116,14 @@ def join_tags(tags: list[str]) -> str:
 
 
 def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random, *,
-                 keep_tokens_separator: str | None = None, dropout: float = 0.0) -> str:
+                 keep_tokens_separator: str | None = None, dropout: float = 0.0, shuffle: bool = True) -> str:
     """Shuffle caption tags for training, with kohya-ss sd-scripts semantics.
 
     The first `keep_tokens` comma-separated tags stay in place, the rest are shuffled with `rng`.
     If `keep_tokens_separator` (kohya's `|||`) occurs in the caption it takes precedence: the tags
     before it are fixed, the tags after it are shuffled, and tags after a second separator are fixed
     at the end. `dropout` drops each shuffled tag with that probability (kohya's caption_tag_dropout).
+    `shuffle=False` keeps the order (only the dropout and the separator apply), as kohya without shuffle_caption.
     """
     if keep_tokens < 0:
         raise ValueError(f"keep_tokens must be >= 0, got {keep_tokens}")
@@ -136,7 +137,8 @@ def shuffle_tags(caption: str, keep_tokens: int, rng: random.Random, *,
     else:
         tags = split_tags(caption)
         fixed, flex = tags[:keep_tokens], tags[keep_tokens:]
-    rng.shuffle(flex)
+    if shuffle:
+        rng.shuffle(flex)
     if dropout > 0:
         flex = [tag for tag in flex if rng.random() >= dropout]
     return join_tags(fixed + flex + suffix)

@@ -128,6 +128,7 @@ def _info_json(req: schemas.Txt2ImgRequest, result: GenerationResult, denoising:
         "clip_skip": clip_skip,
         "is_using_inpainting_conditioning": False,
         "interrupted": result.interrupted,
+        "interrupted_reason": result.interrupted_reason,  # animegen's: why, when the server cut the job off
         "version": f"animegen {__version__}",
     }
     return json.dumps(info)
@@ -160,7 +161,7 @@ def build_router(service: ServeService) -> APIRouter:
         hires = req.enable_hr and not is_img2img
         request = await asyncio.to_thread(  # parsing and checking prompts is CPU work: off the event loop
             service.build_request,
-            prompt=req.prompt, negative_prompt=req.negative_prompt, preset=req.preset,
+            prompt=req.prompt, negative_prompt=req.negative_prompt, preset=req.preset, styles=req.styles,
             sampler=req.sampler_name or req.sampler_index, schedule_type=req.scheduler, steps=req.steps,
             cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height, clip_skip=clip_skip,
             n_iter=req.n_iter, batch_size=req.batch_size, init_image=init_image,

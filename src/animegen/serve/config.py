@@ -28,6 +28,11 @@ class ServeLimits(BaseModel):
     # Text (issue #14): A1111 has no limit; every prompt parser is linear, this bounds the constant.
     max_prompt_chars: int = Field(32_768, ge=1, description="longest prompt, negative prompt, hires prompt or "
                                   "hires negative prompt, each, in characters")
+    # Prompt schedules multiply text: `[a:b:N]` edits and `[a|b|c]` alternations give each step its own text, so
+    # one 32K prompt at 150 steps is up to 150 distinct 32K texts for the text encoder (1.3-4.1 s of CPU to expand
+    # before encoding). 8 prompts' worth lets a long prompt change 8 times (or a short one 150) per pass.
+    max_schedule_chars: int = Field(8 * 32_768, ge=1, description="most characters of distinct scheduled texts "
+                                    "(prompt and negative prompt) one sampling pass may encode")
     max_extra_networks: int = Field(32, ge=0, description="most <lora:...> / <name:...> tags in one prompt")
     # Time and connections.
     max_job_seconds: float = Field(600.0, gt=0, description="a job still running after this is interrupted "

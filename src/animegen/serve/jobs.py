@@ -4,6 +4,10 @@ One GPU can run one diffusion job at a time, and loading a model while another j
 corrupt it; so every generation and every model switch is a job run in order by a single thread.
 Each job carries a `concurrent.futures.Future` that the worker resolves exactly once (result or
 exception), which is what guarantees that every request is answered exactly once.
+
+A generation still running after `max_job_seconds` is interrupted (it returns what it finished) with a
+warning in the log; a result that has an `interrupted_reason` attribute and came back interrupted gets the
+reason (`"max_job_seconds (600 s) reached"`), which the API puts in its info JSON (A1111 has no field for it).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Job:
     id: int = 0
     future: Future = field(default_factory=Future)
     interrupt: threading.Event = field(default_factory=threading.Event)
+    interrupt_reason: str | None = None  # why the queue interrupted it, when it did (the deadline)
     submitted: float = field(default_factory=time.time)
 
 
@@ -196,7 +201,7 @@ class JobQueue:
                 self._current, self._step, self._steps, self._started = job, 0, 0, time.time()
             deadline = None
             if self.max_job_seconds is not None and job.kind == "generate":
-                deadline = threading.Timer(self.max_job_seconds, job.interrupt.set)
+                deadline = threading.Timer(self.max_job_seconds, self._expire, args=(job,))
                 deadline.daemon = True
                 deadline.start()
             try:
@@ -206,6 +211,9 @@ class JobQueue:
                     log.exception("job %s (%s) failed", job.id, job.kind)
                 job.future.set_exception(exc)
             else:
+                if job.interrupt_reason and getattr(result, "interrupted", False) \
+                        and hasattr(result, "interrupted_reason"):
+                    result.interrupted_reason = job.interrupt_reason
                 job.future.set_result(result)
             finally:
                 if deadline is not None:
@@ -214,6 +222,13 @@ class JobQueue:
                     self._current = None
                     self._done += 1
         self._fail_waiting()
+
+    def _expire(self, job: Job) -> None:
+        """The deadline timer: the job ran `max_job_seconds`; interrupt it and say why."""
+        job.interrupt_reason = f"max_job_seconds ({self.max_job_seconds:g} s) reached"
+        log.warning("job %s (%s) interrupted: %s; it returns the images finished so far", job.id, job.label,
+                    job.interrupt_reason)
+        job.interrupt.set()
 
     def _execute(self, job: Job) -> Any:
         if job.kind == "switch":

@@ -29,7 +29,8 @@ class Txt2ImgRequest(_A1111Body):
 
     prompt: str = ""
     negative_prompt: str = ""
-    styles: list[str] | None = None
+    styles: list[str] | None = Field(None, description="A1111 prompt styles: at most one, the name of an animegen "
+                                     "prompt preset (GET /sdapi/v1/prompt-styles), applied as `preset`")
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0.0

@@ -53,6 +53,7 @@ class GenerationResult:
     model_name: str
     model_hash: str | None
     interrupted: bool = False
+    interrupted_reason: str | None = None  # set by the job queue when it cut the job off (max_job_seconds)
 
 
 class GeneratorBackend:
@@ -278,7 +279,8 @@ class ServeService:
                       hires_negative_prompt: str = "", hires_cfg_scale: float | None = None, subseed: int = -1,
                       subseed_strength: float = 0.0, guidance_rescale: float = 0.0,
                       emphasis: str | None = None, inpainting: dict[str, Any] | None = None,
-                      detailers: tuple = (), controlnet_units: tuple = ()) -> GenerationRequest:
+                      detailers: tuple = (), controlnet_units: tuple = (),
+                      styles: list[str] | None = None) -> GenerationRequest:
         """Validate everything and build the generator's request (LoRAs resolved to safe paths).
 
         None (sampler, steps, cfg_scale, width, height, preset) means "not sent": resolved later by the
@@ -305,7 +307,7 @@ class ServeService:
         self._check_clip_skip(clip_skip, "CLIP_stop_at_last_layers")
         self.check_prompts(prompt=prompt, negative_prompt=negative_prompt, hr_prompt=hires_prompt,
                            hr_negative_prompt=hires_negative_prompt)
-        preset = preset or GenerationRequest.preset
+        preset = self.style_preset(styles, preset) or GenerationRequest.preset
         self._check_preset(preset)
         hires_upscaler = self._check_hires_upscaler(hires_upscaler or GenerationRequest.hires_upscaler)
         clean_prompt, loras = self.split_loras(prompt)
@@ -331,7 +333,38 @@ class ServeService:
         final = max(target.width / settings.width, target.height / settings.height) if settings.hires else 1.0
         self.check_size(width=settings.width, height=settings.height, steps=settings.steps,
                         images=n_iter * batch_size, hires_scale=final, hires_steps=hires_steps)
+        self.check_schedules(settings)
         return request
+
+    def check_schedules(self, settings) -> None:
+        """Each pass's prompt schedule (a `ResolvedRequest`'s, planned as the engine plans it) within
+        `max_schedule_chars`: the characters of its distinct texts, positive and negative, which is what the text
+        encoder gets. A pass cannot exceed (scheduled steps + 1) x its prompts' length, so ordinary prompts are
+        never expanded here."""
+        from animegen.generate.conditioning import schedule_steps
+        from animegen.prompts.schedule import pass_schedules
+
+        limit = self.limits.max_schedule_chars
+        first = resolve_sampler(settings.sampler, settings.schedule_type)
+        steps = schedule_steps(first, settings.steps)
+        passes = [("prompt", settings.prompt, settings.negative_prompt, {})]
+        if settings.hires:
+            hires = resolve_sampler(settings.hires_sampler or first.sampler.name,
+                                    settings.hires_schedule_type or first.schedule.label)
+            hires_steps = schedule_steps(hires, settings.hires_steps or settings.steps)
+            passes.append(("hr_prompt" if settings.hires_prompt else "prompt",
+                           settings.hires_prompt or settings.prompt,
+                           settings.hires_negative_prompt or settings.negative_prompt, {"hires_steps": hires_steps}))
+        for field, prompt, negative, hires_step in passes:
+            if (max(hires_step.values(), default=steps) + 1) * (len(prompt) + len(negative)) <= limit:
+                continue
+            plan = pass_schedules(prompt, negative, steps, **hires_step)
+            total = sum(map(len, plan.positive_texts())) + sum(map(len, plan.negative_texts()))
+            if total > limit:
+                where = "the hires pass" if hires_step else "the first pass"
+                raise RequestError(field, f"{field}'s schedule ([a:b:N] edits, [a|b] alternations) gives {where} "
+                                   f"{total} characters of distinct texts to encode; the server limit is {limit} "
+                                   "(ServeLimits.max_schedule_chars): use fewer edits or a shorter prompt")
 
     def detailer_units(self, alwayson_scripts: dict[str, Any]) -> tuple:
         """`alwayson_scripts.ADetailer.args` (the script's name in any case, as A1111 matches it) as
@@ -403,6 +436,33 @@ class ServeService:
             return find_hires_upscaler(name, self.catalog.upscaler_folders(), allow_path=False, field="hr_upscaler")[0]
         except AnimegenError as exc:
             raise RequestError("hr_upscaler", str(exc)) from None
+
+    @staticmethod
+    def style_preset(styles: list[str] | None, preset: str | None) -> str | None:
+        """A1111's `styles: [name]` as the preset it names (`/sdapi/v1/prompt-styles` lists the presets as styles).
+
+        At most one style: A1111 applies several styles one after another, each wrapping the prompt in its text
+        (at its `{prompt}`, else appended with ", "), but a preset is not a concatenable prompt snippet: it
+        orders tags (animagine moves 1girl first) and recommends a sampler, steps and size, so two presets have
+        no combined meaning. A style next to a different `preset` than the default is refused for the same
+        reason. No style (None, []) leaves `preset` as it is.
+        """
+        from animegen.prompts.presets import list_presets
+
+        if not styles:
+            return preset
+        names = [p.name for p in list_presets()]
+        valid = f"valid styles (animegen's prompt presets, GET /sdapi/v1/prompt-styles): {', '.join(names)}"
+        if len(styles) > 1:
+            raise RequestError("styles", f"styles {styles!r}: send one style, not {len(styles)}; animegen's styles "
+                               f"are its prompt presets, which do not combine; {valid}")
+        (style,) = styles
+        if style not in names:
+            raise RequestError("styles", f"unknown style {style!r}; {valid}")
+        if preset not in (None, "", GenerationRequest.preset, style):
+            raise RequestError("styles", f"style {style!r} and preset {preset!r} disagree: a style is a preset, "
+                               "send one of the two")
+        return style
 
     @staticmethod
     def _check_preset(preset: str) -> None:

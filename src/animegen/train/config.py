@@ -44,6 +44,11 @@ class ModelSection(_Section):
         "Rescale the betas so the last timestep is pure noise (Lin et al. 2023). Unset (the default) = the "
         "base model's own: `rescale_betas_zero_snr` in its scheduler config or its `ztsnr` marker key; "
         "true/false overrides it."))
+    base_dtype: Literal["auto", "fp8"] = Field("auto", description=(
+        "How the frozen UNet's weights are stored while an adapter trains. 'auto' (the default) = the compute "
+        "dtype (train.mixed_precision); 'fp8' = kohya's --fp8_base (--fp8_base_unet: text encoders untouched): "
+        "its Linear/Conv2d weights in float8_e4m3fn, a quarter of fp32's bytes, upcast to the compute dtype "
+        "per forward (small numeric changes). For adapters only; the adapter itself trains in fp32."))
 
 
 class AdapterSection(_Section):
@@ -85,6 +90,25 @@ class LossSection(_Section):
     min_snr_gamma: float = Field(0.0, ge=0, description="0 turns min-SNR weighting off; 5 is the paper's value.")
     noise_offset: float = Field(0.0, ge=0)
     prior_loss_weight: float = Field(1.0, ge=0, description="Loss weight of samples from `is_reg` datasets (kohya's name).")
+    multires_noise_iterations: int = Field(0, ge=0, description=(
+        "Multi-resolution (pyramid) noise levels added to the noise, kohya's name; 0 = off, 6-10 typical."))
+    multires_noise_discount: float = Field(0.3, gt=0, le=1, description=(
+        "Weight ratio of each coarser pyramid level (kohya's name and default); 0.3-0.8 typical."))
+    ip_noise_gamma: float = Field(0.0, ge=0, description=(
+        "Input-perturbation noise (Ning et al. 2023, kohya's name): the UNet input is noised with "
+        "noise + gamma * randn while the target stays noise; 0 = off, 0.1 is the paper's value."))
+    debiased_estimation_loss: bool = Field(False, description=(
+        "Weight each sample by 1/sqrt(SNR) (v-prediction: 1/(SNR+1)), SNR clamped at 1000 (kohya's name)."))
+    min_timestep: int = Field(0, ge=0, description="Training timesteps are drawn uniformly in [min, max).")
+    max_timestep: int | None = Field(None, ge=1, description=(
+        "Exclusive upper end of the training timesteps; unset = the scheduler's num_train_timesteps (1000)."))
+
+    @model_validator(mode="after")
+    def _timestep_range(self) -> LossSection:
+        if self.max_timestep is not None and self.min_timestep >= self.max_timestep:
+            raise ValueError(f"loss.min_timestep ({self.min_timestep}) must be below loss.max_timestep "
+                             f"({self.max_timestep}): timesteps are drawn in [min, max)")
+        return self
 
 
 class DatasetEntry(_Section):
@@ -126,6 +150,13 @@ class DataSection(_Section):
     shuffle_tags: bool = False
     keep_tokens: int = Field(0, ge=0)
     caption_dropout: float = Field(0.0, ge=0.0, le=1.0)
+    caption_tag_dropout_rate: float = Field(0.0, ge=0.0, le=1.0, description=(
+        "Drop each tag after the kept ones with this probability (kohya's name); the keep_tokens / "
+        "keep_tokens_separator head and suffix are never dropped."))
+    keep_tokens_separator: str = Field("", description=(
+        "kohya's `|||`: in a caption `a, b ||| c, d ||| e`, the tags before it are kept in front and those "
+        "after a second one at the end; only the middle is shuffled and dropped. Overrides keep_tokens for "
+        "captions that contain it, and is removed from the caption. Empty = off."))
     caption_preset: str = "none"
     max_chunks: int = Field(3, ge=1, description=(
         "Captions are encoded like generation prompts (A1111): 75-token chunks, each its own 77-token pass. "
@@ -223,6 +254,10 @@ class TrainConfig(_Section):
         if self.adapter.kind == "ia3" and self.adapter.targets == "attention_ff_conv":
             raise ValueError("adapter.targets: 'attention_ff_conv' is not supported by ia3; "
                              "choose 'attention' or 'attention_ff'")
+        if self.model.base_dtype == "fp8" and self.adapter.kind == "full":
+            raise ValueError("model.base_dtype: 'fp8' stores the frozen UNet for adapter training, and "
+                             "adapter.kind = 'full' trains (and exports) the UNet's own weights; set "
+                             "model.base_dtype = 'auto' or train an adapter (e.g. adapter.kind = 'lora')")
         if self.optimizer.name == "adamw8bit":
             _require_bitsandbytes()
         if self.optimizer.fused_backward:

@@ -2,7 +2,7 @@
 a deterministic batch order.
 
 Determinism is the point of the design: the batch sequence is a pure function of (seed, epoch), and
-per-sample randomness (flip, crop, caption shuffle/dropout) of (seed, step, position in the global
+per-sample randomness (flip, crop, caption line/wildcards/shuffle/dropout) of (seed, step, position in the global
 batch). That makes `--resume` exact and lets N processes split one global batch and see the same
 samples one process would.
 
@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import random
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -453,7 +454,7 @@ def summarize(entries: list[DatasetEntry], train: list[Item], val: list[Item]) -
     for i, entry in enumerate(entries):
         items = [it for it in train + val if it.dataset == i]
         trained = [it for it in items if id(it) not in held]
-        tags = Counter(t for it in items for t in split_tags(it.captions[0]))
+        tags = Counter(t for it in items for t in split_tags(it.captions[0].replace("\n", ",")))
         final_empty = sum(not it.captions[0] for it in items)
         d = DatasetSummary(
             i, entry.path, dataset_kind(entry), entry.is_reg, len(items), len(items) - len(trained),
@@ -475,15 +476,43 @@ def summarize(entries: list[DatasetEntry], train: list[Item], val: list[Item]) -
     return DataSummary(out, warnings)
 
 
+_WILDCARD = re.compile(r"\{([^{}]+)\}")
+
+
+def pick_caption_line(text: str, rng: random.Random) -> str:
+    """A multi-line caption file is one alternative caption per line (kohya with wildcards on): one non-blank
+    line, uniformly; a one-line caption is returned without a draw."""
+    if "\n" not in text:
+        return text
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    return lines[rng.randrange(len(lines))] if len(lines) > 1 else (lines[0] if lines else "")
+
+
+def expand_wildcards(text: str, rng: random.Random) -> str:
+    """kohya's caption wildcards: each `{a|b|c}` becomes one of its options, uniformly, left to right;
+    `{{` and `}}` are literal braces. No draw for a caption without one."""
+    if "{" not in text:
+        return text
+    open_, close = "\x00", "\x01"
+    text = text.replace("{{", open_).replace("}}", close)
+    text = _WILDCARD.sub(lambda m: (opts := m.group(1).split("|"))[rng.randrange(len(opts))], text)
+    return text.replace(open_, "{").replace(close, "}")
+
+
 def make_caption(item: Item, cfg: DataSection, rng: random.Random) -> str:
-    """Pick a caption candidate (mixed long/short captions), drop it, shuffle tags, apply the prompt preset."""
+    """One showing's caption, kohya's order: pick a candidate (mixed long/short captions), caption dropout,
+    one line of a multi-line caption, wildcards, then the tags after the kept ones shuffled (shuffle_tags) and
+    dropped (caption_tag_dropout_rate), then the prompt preset. All draws come from `rng`."""
     text = item.captions[rng.randrange(len(item.captions))] if len(item.captions) > 1 else item.captions[0]
     if cfg.caption_dropout and rng.random() < cfg.caption_dropout:
         return ""
-    if cfg.shuffle_tags:
+    text = expand_wildcards(pick_caption_line(text, rng), rng)
+    separator = cfg.keep_tokens_separator
+    if cfg.shuffle_tags or cfg.caption_tag_dropout_rate or (separator and separator in text):
         from animegen.prompts.tags import shuffle_tags
 
-        text = shuffle_tags(text, cfg.keep_tokens, rng)
+        text = shuffle_tags(text, cfg.keep_tokens, rng, keep_tokens_separator=separator or None,
+                            dropout=cfg.caption_tag_dropout_rate, shuffle=cfg.shuffle_tags)
     if cfg.caption_preset != "none":
         from animegen.prompts.presets import build_prompt
 

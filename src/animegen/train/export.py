@@ -11,7 +11,10 @@ Adapters go through `animegen.models.lora` so generation loads exactly what was 
 layer's effective weight change is measured by merging it into a copy of the base weight (peft's
 own merge, so DoRA and IA3's bias scaling are included); the layer is then stored in its native
 LyCORIS form (`lora_down/up`, `hada_*`, `lokr_*`, IA3 `weight`) when that reproduces the change, and as
-a full `diff` (+ `diff_b`) otherwise (DoRA, which the LoRA reader does not take natively yet).
+a full `diff` (+ `diff_b`) otherwise. DoRA is stored as LyCORIS stores it (`dora_wd`): the layer's LoRA
+`lora_down/up` + `alpha` and peft's magnitude vector as ``dora_scale``, one per output row (LyCORIS'
+`wd_on_out`; shape (out, 1) for a Linear, (out, 1, 1, 1) for a conv), the orientation of peft's
+W' = m · V / ‖V‖ with V = W + ΔW and the norm over each output row (`models.lora.dora`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 from animegen.core.files import atomic_dir
 from animegen.models.family import ModelFamily, get_family
 from animegen.models.loading import dtype_by_name
+from animegen.train.adapters import plain_weight
 from animegen.train.config import TrainConfig
 
 # adapter kinds the trainer offers that are stored as another LoRA algorithm (`models.lora.algorithms`)
@@ -41,13 +45,13 @@ LOADERS: dict[tuple[str, str], str] = {
     **{(k, "kohya"): "A1111, ComfyUI, diffusers' load_lora_weights and animegen" for k in DIFFUSERS_LORA_KINDS},
     **{(k, "diffusers"): "diffusers' load_lora_weights and animegen" for k in DIFFUSERS_LORA_KINDS},
     ("loha", "kohya"): _ALL, ("lokr", "kohya"): _ALL,
-    ("dora", "kohya"): _ALL + "; stored as full weight differences",
+    ("dora", "kohya"): _ALL + " (LyCORIS DoRA: lora_down/up + dora_scale)",
     ("ia3", "kohya"): "A1111 and animegen; ComfyUI has no IA3 loader",
     ("full", "diffusers"): "diffusers' from_pretrained and animegen",
     ("full", "single_file"): _ALL,
 }
 _NO_DIFFUSERS_LOADER = {"ia3": "has no IA3 loader", "loha": "has no LoHa loader", "lokr": "has no LoKr loader",
-                        "dora": "cannot load full weight differences, the form DoRA is exported in"}
+                        "dora": "drops DoRA's magnitudes (dora_scale) and loads a different model"}
 
 
 def _peft_layers(module: torch.nn.Module):
@@ -84,9 +88,14 @@ def _native_tensors(layer, kind: str) -> tuple[dict[str, torch.Tensor], float | 
         value = holder["default"]
         return (value.weight if hasattr(value, "weight") else value).detach().float().cpu()
 
-    if kind in ("lora", "locon"):
-        return ({"lora_down.weight": param("lora_A"), "lora_up.weight": param("lora_B")},
-                float(layer.lora_alpha["default"]) if hasattr(layer, "lora_alpha") else None)
+    if kind in ("lora", "locon", "dora"):
+        tensors = {"lora_down.weight": param("lora_A"), "lora_up.weight": param("lora_B")}
+        if kind == "dora":  # peft's magnitude, one per output row: LyCORIS' wd_on_out (out, 1[, 1, 1])
+            magnitude = param("lora_magnitude_vector")
+            if magnitude is None:
+                return None
+            tensors["dora_scale"] = magnitude.reshape(-1, *[1] * (tensors["lora_up.weight"].dim() - 1))
+        return tensors, float(layer.lora_alpha["default"]) if hasattr(layer, "lora_alpha") else None
     if kind == "loha":
         tensors = {k: param(k) for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")}
         return {k: v for k, v in tensors.items() if v is not None}, float(layer.alpha["default"])
@@ -112,13 +121,14 @@ def adapters_to_lora_file(modules: dict[str, torch.nn.Module], kind: str, metada
     for component, module in modules.items():
         for name, layer in _peft_layers(module):
             target = f"{component}.{name}"
-            w0, dw, db = _merged_delta(layer)
+            with plain_weight(layer.get_base_layer()):  # an fp8-stored base (model.base_dtype) merges upcast
+                w0, dw, db = _merged_delta(layer)
             lm = None
-            native = None if kind == "dora" else _native_tensors(layer, "lora" if kind == "locon" else kind)
+            native = _native_tensors(layer, kind)
             if native is not None and db is None:
                 tensors, alpha = native
                 try:
-                    candidate = LoraModule(target, "lora" if kind in ("locon",) else kind, tensors, alpha)
+                    candidate = LoraModule(target, _LORA_KIND.get(kind, kind), tensors, alpha)
                     if torch.allclose(candidate.delta_weight(w0.float().cpu()), dw.cpu(), rtol=1e-4, atol=1e-6):
                         lm = candidate
                 except (ValueError, RuntimeError):
@@ -191,6 +201,12 @@ def kohya_metadata(config: TrainConfig, *, family: ModelFamily | str, steps: int
         "ss_random_crop": str(d.random_crop),
         "ss_noise_offset": str(config.loss.noise_offset),
         "ss_min_snr_gamma": str(config.loss.min_snr_gamma),
+        "ss_multires_noise_iterations": str(config.loss.multires_noise_iterations),
+        "ss_multires_noise_discount": str(config.loss.multires_noise_discount),
+        "ss_ip_noise_gamma": str(config.loss.ip_noise_gamma),
+        "ss_debiased_estimation": str(config.loss.debiased_estimation_loss),
+        "ss_caption_tag_dropout_rate": str(d.caption_tag_dropout_rate),
+        "ss_fp8_base": str(config.model.base_dtype == "fp8"),
         "ss_loss_type": config.loss.type,
         "ss_huber_c": str(config.loss.huber_c),
         "ss_training_started_at": str(started_at),

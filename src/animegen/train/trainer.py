@@ -186,6 +186,8 @@ class Trainer:
                 # accelerate hands a prepared model's outputs back in fp32, and the final LayerNorm runs
                 # after the forward (clip skip), outside it: fp32 weights take either input on CPU and GPU
                 final_layer_norm(module).float()
+        if cfg.model.base_dtype == "fp8":  # kohya's --fp8_base: after the casts above, which would undo it
+            adapters_mod.store_frozen_fp8(self.pipe.unet, self.weight_dtype)
         vae = self.pipe.vae
         self.latent_cache = LatentCache(
             (Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.output_dir / "cache" / "latents")
@@ -375,10 +377,10 @@ class Trainer:
 
     def loss_for(self, micro: int, global_batch: list[int]) -> torch.Tensor:
         items, captions, latents, crops, gens = self.micro_batch(micro, global_batch)
-        noise, timesteps = draw_noise(tuple(latents.shape[1:]), gens, self.noise_scheduler.config.num_train_timesteps,
-                                      self.config.loss.noise_offset)
+        noise, noise_in, timesteps = draw_noise(tuple(latents.shape[1:]), gens,
+                                                self.noise_scheduler.config.num_train_timesteps, self.config.loss)
         latents, noise, timesteps = latents.to(self.device), noise.to(self.device), timesteps.to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        noisy = self.noise_scheduler.add_noise(latents, noise_in.to(self.device), timesteps)  # ip_noise_gamma
         pred = self.predict(noisy, timesteps, captions, items, crops, unet=self.unet_train)
         target = target_for(self.noise_scheduler, latents, noise, timesteps)
         weights = None

@@ -216,6 +216,7 @@ def _kohya_metadata(lf: LoraFile, family: ModelFamily) -> dict[str, str]:
         alpha=_most_common([m.alpha if m.alpha is not None else m.rank for m in lf.modules.values()]),
         conv_dim=_most_common([m.rank for m in conv]),
         conv_alpha=_most_common([m.alpha if m.alpha is not None else m.rank for m in conv]),
+        dora=any("dora_scale" in m.tensors for m in lf.modules.values()),
         family=family, v_prediction=lf.metadata.get("ss_v_parameterization") == "True")
 
 

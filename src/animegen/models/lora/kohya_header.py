@@ -72,7 +72,8 @@ def network_metadata(*, kinds: Collection[str], main_kind: str | None = None, di
         meta["ss_network_alpha"] = str(float(alpha))
     args: dict[str, object] = {}
     if not kohya_lora and main is not None:
-        args["algo"] = main.LYCORIS_ALGO
+        # LyCORIS' DoRA is `algo=lora dora_wd=True` (its README), the name a DoRA LoRA carries there
+        args["algo"] = "lora" if dora and main is ALGORITHMS["lora"] else main.LYCORIS_ALGO
     if kohya_lora and conv_dim is not None:
         args["conv_dim"] = int(conv_dim)
         args["conv_alpha"] = float(conv_alpha if conv_alpha is not None else conv_dim)
