@@ -19,19 +19,17 @@ Listings are computed from the folders on every call, so A1111's refresh routes 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from animegen.core.errors import AnimegenError
+from animegen.core.files import WeightsFileError, safetensors_metadata
 
 SAFE_WEIGHT_SUFFIXES = (".safetensors",)
 VAE_SUFFIX = ".vae.safetensors"
 VAE_FOLDER = "vae"  # a top-level folder of --model-dir, compared case-insensitively (A1111's models/VAE)
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own header limit
 
 log = logging.getLogger(__name__)
 
@@ -100,25 +98,13 @@ def is_vae_name(relative: str) -> bool:
 
 
 def lora_metadata(path: Path) -> dict:
-    """A safetensors file's `__metadata__`, read from its header only; JSON-object values parsed, as A1111's
-    `read_metadata_from_safetensors`. An unreadable header gives {} (logged), so one bad file cannot break a listing."""
+    """A LoRA's safetensors `__metadata__` (`core.files.safetensors_metadata`: header only, JSON-object values
+    parsed as A1111 does); an unreadable header gives {} (logged), so one bad file cannot break a listing."""
     try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > MAX_HEADER_BYTES:
-                raise ValueError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
-            header = json.loads(f.read(size))
-        metadata = dict(header.get("__metadata__") or {})
-    except (OSError, ValueError, struct.error, AttributeError) as exc:
-        log.warning("LoRA %s: cannot read its safetensors header (%s)", path, exc)
+        return safetensors_metadata(path)
+    except WeightsFileError as exc:
+        log.warning("LoRA %s", exc)
         return {}
-    for key, value in metadata.items():
-        if isinstance(value, str) and value.startswith("{"):
-            try:
-                metadata[key] = json.loads(value)
-            except ValueError:
-                pass
-    return metadata
 
 
 def check_relative_name(name: str) -> PurePosixPath:

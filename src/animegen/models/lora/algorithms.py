@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from animegen.core.registry import register_module
 from animegen.models.lora import full, ia3, loha, lokr, lora, norm
 
 # per-module keys next to any algorithm's tensors (alpha: kohya's scale; dora_scale: DoRA's magnitude,
@@ -40,13 +41,7 @@ ALGORITHMS: dict[str, ModuleType] = {}
 
 def register(algorithm: ModuleType) -> ModuleType:
     """Add an algorithm module (TypeError naming what it lacks; ValueError if its KIND is taken)."""
-    missing = [name for name in CONTRACT if not hasattr(algorithm, name)]
-    if missing:
-        raise TypeError(f"{algorithm.__name__} lacks {', '.join(missing)} of the LoRA algorithm contract")
-    if algorithm.KIND in ALGORITHMS and ALGORITHMS[algorithm.KIND] is not algorithm:
-        raise ValueError(f"a LoRA algorithm called {algorithm.KIND!r} is already registered")
-    ALGORITHMS[algorithm.KIND] = algorithm
-    return algorithm
+    return register_module(ALGORITHMS, algorithm, key="KIND", contract=CONTRACT, what="LoRA algorithm")
 
 
 def unregister(kind: str) -> None:

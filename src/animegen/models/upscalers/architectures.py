@@ -17,6 +17,7 @@ from types import ModuleType
 
 import torch
 
+from animegen.core.registry import register_module
 from animegen.models.upscalers import rrdb, srvgg
 from animegen.models.upscalers.contract import UpscalerFormatError, UpscalerNet
 
@@ -27,13 +28,7 @@ ARCHITECTURES: dict[str, ModuleType] = {}
 
 def register(architecture: ModuleType) -> ModuleType:
     """Add an architecture module (TypeError naming what it lacks; ValueError if its NAME is taken)."""
-    missing = [name for name in CONTRACT if not hasattr(architecture, name)]
-    if missing:
-        raise TypeError(f"{architecture.__name__} lacks {', '.join(missing)} of the upscaler architecture contract")
-    if architecture.NAME in ARCHITECTURES and ARCHITECTURES[architecture.NAME] is not architecture:
-        raise ValueError(f"an upscaler architecture called {architecture.NAME!r} is already registered")
-    ARCHITECTURES[architecture.NAME] = architecture
-    return architecture
+    return register_module(ARCHITECTURES, architecture, key="NAME", contract=CONTRACT, what="upscaler architecture")
 
 
 def names() -> tuple[str, ...]:
