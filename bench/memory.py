@@ -7,13 +7,14 @@ attaches it (`train.adapters.attach`, same targets), and each byte is counted as
 - frozen weights at the base dtype (fp32 / bf16 / fp8 = 4 / 2 / 1 bytes); the VAE stays fp32 where its
   config says `force_upcast` (as `Trainer.setup` does); a full fine-tune's UNet is trained, not frozen;
 - trained weights in fp32 (the trainer casts every trainable parameter to fp32), gradients the same;
-  with `optimizer.fused_backward` (adamw / adafactor only) the gradients held at once are at most the
+  with `optimizer.fused_backward` (adamw / adafactor / adamw8bit) the gradients held at once are at most the
   largest trained tensor's (`*_fused_backward_*` columns; None for the optimizers it refuses);
 - optimizer state as each optimizer allocates it on its first step: AdamW (torch) 2 fp32 moments + a
   4-byte step per tensor; Adafactor (transformers, no first moment as the trainer builds it) factored
   row + column second moments for tensors of ≥ 2 dims, a full one otherwise, and a 4-byte RMS; Prodigy `s`, `p0` (one
   number for a tensor that starts all zero, as peft's LoRA up weights), both moments; 8-bit AdamW
-  (bitsandbytes) is only listed when bitsandbytes is installed.
+  (bitsandbytes) one byte per moment element and an fp32 absmax per 256-element block for tensors of at
+  least 4096 elements (fp32 moments below), plus two shared 256-entry code books.
 
 Activations are not counted: they depend on batch, resolution and attention kernel, and gradient
 checkpointing changes only them (its column says which presets turn it on). `--check` tests the counting
@@ -64,11 +65,15 @@ def optimizer_state_bytes(name: str, params: list[tuple[str, tuple[int, ...]]]) 
                 total += 4 * (math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]) + 4
             else:
                 total += 4 * n + 4
+        elif name in ("adamw8bit", "paged_adamw8bit"):  # bitsandbytes, min_8bit_size 4096, blocks of 256
+            total += 2 * n + 2 * 4 * math.ceil(n / 256) if n >= 4096 else 2 * 4 * n
         elif name == "prodigy":
             starts_zero = "lora_B" in pname  # peft's LoRA up weights start at zero: p0 is then one number
             total += 4 * (3 * n + (1 if starts_zero else n))  # s, exp_avg, exp_avg_sq, p0
         else:
             return None
+    if name in ("adamw8bit", "paged_adamw8bit") and any(math.prod(s) >= 4096 for _, s in params):
+        total += 2 * 256 * 4  # the two dynamic-quantisation code books, shared by every tensor
     return total
 
 
@@ -110,10 +115,8 @@ def ledger_rows(arch: str) -> list[dict]:
             frozen = sum(n * (4 if name == "vae" and upcast_vae else width) for name, n in frozen_by_part.items())
             for opt in OPTIMIZERS:
                 state = optimizer_state_bytes(opt, trained)
-                if opt == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
-                    state = None
                 weights = frozen + 4 * n_trained
-                fusable = opt in ("adamw", "adafactor") and state is not None
+                fusable = opt in ("adamw", "adafactor", "adamw8bit") and state is not None
                 rows.append({
                     "arch": arch, "method": method, "optimizer": opt, "base_dtype": base,
                     "trained_params_M": round(n_trained / 1e6, 3),
@@ -173,7 +176,7 @@ def allocator_check_one(method: str, opt: str) -> dict:
                 "grad_tensor_bytes": grads, "allocator_backward_net_bytes": grads_alloc}
 
 
-def allocator_check(optimizers=("adamw", "adafactor", "prodigy")) -> list[dict]:
+def allocator_check(optimizers=("adamw", "adafactor", "prodigy", "adamw8bit")) -> list[dict]:
     """`allocator_check_one` for LoRA r16 and iA3 with each optimizer, each in a fresh process."""
     out = []
     for method in ("lora-r16", "ia3"):

@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one pytest-xdist worker per core: intra-op threads would only contend with the other worker
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_sd15_dir(tmp_path_factory):

@@ -19,11 +19,26 @@ SIGMA_SAMPLERS = [s for s, (default, _, _) in ref.A1111_SAMPLERS.items() if defa
 TIMESTEP_SAMPLERS = [s for s, (default, _, _) in ref.A1111_SAMPLERS.items() if default is None]
 
 
+def _lcm_tie(sampler: str, label: str, steps: int) -> bool:
+    """LCM snaps each sigma to the nearest of its 50 discrete levels (in log sigma). SGM Uniform puts one sigma
+    exactly halfway between two levels, so which one A1111 (and we) snap to is decided by float rounding, which
+    differs between CPUs' vector units: such a case has no defined answer and is left out."""
+    if sampler != "LCM":
+        return False
+    m = ref.Model(lcm=True)
+    for sigma in ref.sampler_sigmas(sampler, label, steps, m)[:-1]:
+        near = np.sort(np.abs(np.log(sigma) - m.logsig))
+        if near[1] - near[0] < 1e-9:
+            return True
+    return False
+
+
 @pytest.mark.parametrize("steps", [4, 10, 20])
 @pytest.mark.parametrize("sampler", SIGMA_SAMPLERS)
 def test_every_schedule_and_step_count_matches_a1111(sampler, steps):
+    labels = [label for label in ref.SCHEDULES if not _lcm_tie(sampler, label, steps)]
     worst = max((relative_difference(ours(sampler, label, steps), reference(sampler, label, steps)), label)
-                for label in ref.SCHEDULES)
+                for label in labels)
     assert worst[0] < (TARGET if ref.A1111_SAMPLERS[sampler][2] == "brownian" else TIGHT), worst
 
 

@@ -213,7 +213,8 @@ def check_controlnets(problems: Problems, specs: Iterable[str], folder: Path | N
     check_folder(problems, "--controlnet-dir", folder)
     before = len(problems.lines)
     try:
-        preprocessor_spec(module)
+        if not module.strip().lower().startswith("ip-adapter"):  # ip-adapter_clip_*: generate.ip_adapter
+            preprocessor_spec(module)
     except AnimegenError as exc:
         problems.add(f"--controlnet-module {module}", error_line(exc) + did_you_mean(module, PREPROCESSORS))
     with problems.catch(f"--control-mode {control_mode}"):

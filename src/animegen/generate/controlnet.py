@@ -122,7 +122,8 @@ class ControlUnit:
             raise AnimegenError(f"ControlNet processor_res must be at least 64, got {self.processor_res}")
         control_mode_name(self.control_mode)
         resize_mode_name(self.resize_mode)
-        preprocessor_spec(self.preprocessor)
+        if not str(self.preprocessor).lower().startswith("ip-adapter"):  # IP-Adapter modules: generate.ip_adapter
+            preprocessor_spec(self.preprocessor)
 
 
 # ---- models ---------------------------------------------------------------------------------------------------
@@ -251,6 +252,11 @@ def controlnet_fields(units: Sequence[ControlUnit]) -> dict[str, str]:
 
     fields = {}
     for i, unit in enumerate(units):
+        if str(unit.preprocessor).lower().startswith("ip-adapter"):  # no preprocessor spec: the CLIP image encoder
+            fields[f"ControlNet {i}"] = (f"Module: {unit.preprocessor}, Model: {controlnet_name(unit.model)}, "
+                                         f"Weight: {unit.weight:g}, Guidance Start: {unit.guidance_start:g}, "
+                                         f"Guidance End: {unit.guidance_end:g}")
+            continue
         spec = preprocessor_spec(unit.preprocessor)
         a = spec.threshold_a if unit.threshold_a is None or unit.threshold_a < 0 else unit.threshold_a
         b = spec.threshold_b if unit.threshold_b is None or unit.threshold_b < 0 else unit.threshold_b

@@ -100,6 +100,8 @@ class KPipeline:
         embeds, t = cond["encoder_hidden_states"].to(dtype), t.to(x.device)
         if control is not None:  # ControlNet units: their residuals (none while every unit is inactive)
             extra.update(control.residuals(x.to(dtype), t, {**cond, "encoder_hidden_states": embeds}, extra))
+        if getattr(control, "ip_adapter", None) is not None:  # IP-Adapter units (`generate.ip_adapter`)
+            return control.ip_adapter.forward(unet, x.to(dtype), t, embeds, cond["uncond_mark"], extra)
         with torch.no_grad():
             return unet(x.to(dtype), t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
 
@@ -206,10 +208,16 @@ class KPipeline:
         """(the pass's `ControlRun` or None, the step callback that also advances its step)."""
         if not units:
             return None, callback
-        control = ControlRun(units, self.pipe.unet, width, height, total_steps)
+        from animegen.generate.ip_adapter import IPAdapterRun, is_ip_adapter_unit
+
+        ip_units = [u for u in units if is_ip_adapter_unit(u)]
+        control = ControlRun([u for u in units if not is_ip_adapter_unit(u)], self.pipe.unet, width, height, total_steps)
+        control.ip_adapter = IPAdapterRun(ip_units, self.pipe.unet, total_steps) if ip_units else None
 
         def on_step(info: dict) -> None:
             control.on_step(info)
+            if control.ip_adapter is not None:
+                control.ip_adapter.on_step(info)
             if callback is not None:
                 callback(info)
         return control, on_step

@@ -82,7 +82,8 @@ def _unit(arg: dict, where: str, image, find_model, init_image) -> ControlUnit:
         return default if unset_below is not None and value < unset_below else float(value)
 
     try:
-        module = preprocessor_spec(arg.get("module") or "none").name
+        module = str(arg.get("module") or "none").strip()  # ip-adapter_clip_*: generate.ip_adapter's, kept as sent
+        module = module if module.lower().startswith("ip-adapter") else preprocessor_spec(module).name
     except AnimegenError as exc:
         raise AnimegenError(f"{where}: module: {exc} (GET /controlnet/module_list)") from None
     try:

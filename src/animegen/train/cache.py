@@ -78,11 +78,14 @@ class TextEmbeddingCache:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self.sealed = False  # every caption is in (data.cache_text_encoder_outputs): a miss is a bug
         self._store: dict[str, tuple[torch.Tensor, ...]] = {}
 
     def get(self, caption: str, encode: Callable[[str], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
         if not self.enabled:
             return encode(caption)
         if caption not in self._store:
+            if self.sealed:
+                raise RuntimeError(f"caption {caption!r} was not encoded ahead (data.cache_text_encoder_outputs)")
             self._store[caption] = tuple(t.detach() for t in encode(caption))
         return self._store[caption]

@@ -20,9 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from animegen.core.errors import AnimegenError
 from animegen.data.sidecar import CAPTION_EXTENSIONS
+from animegen.train.select_config import CheckpointEvalSection
 
 AdapterKind = Literal["lora", "locon", "loha", "lokr", "ia3", "dora", "full"]
 TargetPreset = Literal["cross_attention", "attention", "attention_ff", "attention_ff_conv"]
+
+
+EIGHT_BIT = ("adamw8bit", "paged_adamw8bit")
+PER_TENSOR_OPTIMIZERS = ("adamw", "adafactor", *EIGHT_BIT)  # a tensor's update needs only its own gradient
 
 
 class ConfigError(AnimegenError):
@@ -64,7 +69,11 @@ class AdapterSection(_Section):
 
 
 class OptimizerSection(_Section):
-    name: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = "adamw"
+    name: Literal["adamw", "adamw8bit", "paged_adamw8bit", "prodigy", "adafactor"] = Field("adamw", description=(
+        "adamw8bit / paged_adamw8bit: bitsandbytes' AdamW8bit / PagedAdamW8bit (kohya's names), both moments "
+        "in one byte per element; paged state moves to host RAM under GPU memory pressure (on CPU = adamw8bit)."))
+    min_8bit_size: int = Field(4096, ge=1, description=(
+        "8-bit optimizers: tensors with fewer elements keep 32-bit moments (bitsandbytes' name and default)."))
     lr: float = Field(1e-4, ge=0)
     text_encoder_lr: float | None = Field(None, ge=0)
     weight_decay: float = Field(1e-2, ge=0)
@@ -171,6 +180,11 @@ class DataSection(_Section):
         "With weighted_captions = true: how the weights are applied, as in generation."))
     cache_latents: bool = True
     cache_text_embeddings: bool = True
+    cache_text_encoder_outputs: bool = Field(False, description=(
+        "Encode every caption before the first step and move the text encoders off the GPU (kohya's name): "
+        "their memory is free for training. Needs frozen text encoders and no per-tag shuffling or dropout "
+        "(data.shuffle_tags, data.caption_tag_dropout_rate); wildcards, alternative lines and caption "
+        "dropout are fine (each possible caption is encoded once)."))
     cache_dir: str | None = None
     validation_split: float = Field(0.0, ge=0.0, lt=1.0)
     num_workers: int = Field(0, ge=0)
@@ -247,6 +261,7 @@ class TrainConfig(_Section):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     export: ExportSection = Field(default_factory=ExportSection)
     log: LogSection = Field(default_factory=LogSection)
+    checkpoint_eval: CheckpointEvalSection = Field(default_factory=CheckpointEvalSection)
     stages: list[dict[str, Any]] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -254,11 +269,13 @@ class TrainConfig(_Section):
         if self.adapter.kind == "ia3" and self.adapter.targets == "attention_ff_conv":
             raise ValueError("adapter.targets: 'attention_ff_conv' is not supported by ia3; "
                              "choose 'attention' or 'attention_ff'")
+        if self.data.cache_text_encoder_outputs:
+            _check_cached_text_outputs(self)
         if self.model.base_dtype == "fp8" and self.adapter.kind == "full":
             raise ValueError("model.base_dtype: 'fp8' stores the frozen UNet for adapter training, and "
                              "adapter.kind = 'full' trains (and exports) the UNet's own weights; set "
                              "model.base_dtype = 'auto' or train an adapter (e.g. adapter.kind = 'lora')")
-        if self.optimizer.name == "adamw8bit":
+        if self.optimizer.name in EIGHT_BIT:
             _require_bitsandbytes()
         if self.optimizer.fused_backward:
             _check_fused_backward(self)
@@ -276,14 +293,28 @@ class TrainConfig(_Section):
         return self
 
 
+def _check_cached_text_outputs(cfg: TrainConfig) -> None:
+    """What encoding every caption ahead cannot serve (kohya refuses the same with cached outputs)."""
+    d, problems = cfg.data, []
+    if cfg.adapter.train_text_encoder:
+        problems.append("adapter.train_text_encoder = true (a trained encoder's outputs change every step)")
+    if d.shuffle_tags or d.caption_tag_dropout_rate:
+        problems.append("data.shuffle_tags / data.caption_tag_dropout_rate (a new caption per showing)")
+    if not d.cache_text_embeddings:
+        problems.append("data.cache_text_embeddings = false (the cache it fills)")
+    if problems:
+        raise ValueError("data.cache_text_encoder_outputs: not with " + "; ".join(problems) +
+                         "; change those or set data.cache_text_encoder_outputs = false")
+
+
 def _check_fused_backward(cfg: TrainConfig) -> None:
     """What a step taken per parameter during the backward pass cannot do: anything that has to see every
     gradient before the first update (kohya refuses the same)."""
     o, t = cfg.optimizer, cfg.train
-    if o.name not in ("adamw", "adafactor"):
+    if o.name not in PER_TENSOR_OPTIMIZERS:
         raise ValueError(f"optimizer.fused_backward: not with optimizer.name = {o.name!r} (prodigy estimates "
-                         "one step size from all gradients; only adamw's and adafactor's update of a tensor "
-                         "depends on that tensor alone); use 'adamw' or 'adafactor', or set "
+                         "one step size from all gradients; only adamw's, adamw8bit's and adafactor's update of "
+                         "a tensor depends on that tensor alone); use one of those, or set "
                          "optimizer.fused_backward = false")
     if o.max_grad_norm > 0:
         raise ValueError("optimizer.fused_backward: optimizer.max_grad_norm clips by the norm of all gradients "
@@ -302,11 +333,9 @@ def _check_fused_backward(cfg: TrainConfig) -> None:
 def _require_bitsandbytes() -> None:
     import importlib.util
 
-    import torch
-
-    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
-        raise ValueError("optimizer.name: 'adamw8bit' needs bitsandbytes and a CUDA GPU; "
-                         "use 'adamw', 'prodigy' or 'adafactor' here")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("optimizer.name: the 8-bit optimizers need bitsandbytes, which is not installed; "
+                         "`pip install \"animegen[8bit]\"` or use 'adamw' or 'adafactor'")
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -10,6 +10,12 @@ AdamW runs torch's fused kernel wherever torch has one for the parameters' devic
 them): the same update, computed in one kernel instead of a Python loop over every adapter tensor,
 which on CPU defaults to the per-tensor loop and cost ~10% of a small model's step.
 
+`adamw8bit` / `paged_adamw8bit` are bitsandbytes' block-wise 8-bit AdamW (Dettmers et al. 2022): both
+moments of a tensor of at least `min_8bit_size` elements in one byte per element plus one fp32 absmax per
+256-element block, a quarter of AdamW's state. bitsandbytes runs them on CPU too, so they are tested here;
+paging (optimizer state in CUDA unified memory, evicted to host RAM under pressure) exists on CUDA only,
+and `paged_adamw8bit` is `adamw8bit` elsewhere.
+
 `optimizer.fused_backward` (kohya's `--fused_backward_pass`, OneTrainer's "fused back pass"):
 `FusedBackwardOptimizer` holds one optimizer per parameter and steps it from that parameter's
 `register_post_accumulate_grad_hook`, then frees the gradient, so the backward pass never holds more than
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from animegen.train.config import OptimizerSection
+from animegen.train.config import EIGHT_BIT, OptimizerSection
 
 
 def make_optimizer(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Optimizer:
@@ -37,10 +43,13 @@ def _make_one(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Optimize
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                  fused=_fused_kernel_exists(groups) or None)
-    if cfg.name == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name in EIGHT_BIT:
+        bnb = _bitsandbytes()
+        # bitsandbytes warns once per optimizer that paging is a CUDA feature; on CPU both are the same
+        on_cuda = all(p.device.type == "cuda" for g in groups for p in g["params"])
+        kind = bnb.optim.PagedAdamW8bit if cfg.name == "paged_adamw8bit" and on_cuda else bnb.optim.AdamW8bit
+        return kind(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                    min_8bit_size=cfg.min_8bit_size)
     if cfg.name == "prodigy":
         from prodigyopt import Prodigy
 
@@ -53,7 +62,29 @@ def _make_one(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Optimize
         # An explicit LR (no relative step) so schedules and warm-up behave as for the other optimizers.
         return Adafactor(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
-    raise ValueError(f"optimizer.name {cfg.name!r}: choose adamw, adamw8bit, prodigy or adafactor")
+    raise ValueError(f"optimizer.name {cfg.name!r}: choose adamw, adamw8bit, paged_adamw8bit, prodigy or adafactor")
+
+
+def _bitsandbytes():
+    """Import bitsandbytes without its import-time notice that an optional CPU 4-bit kernel package
+    (`kernels`) is absent: 4-bit matmuls are not used here, and the notice depends on the CPU's features."""
+    import logging
+
+    quiet = logging.getLogger("bitsandbytes")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes
+    finally:
+        quiet.setLevel(level)
+    return bitsandbytes
+
+
+def live_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor the optimizer holds as per-parameter state (moments, code books, steps), each
+    counted once: bitsandbytes puts one shared pair of code books in every parameter's state."""
+    tensors = {id(v): v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)}
+    return sum(v.numel() * v.element_size() for v in tensors.values())
 
 
 class FusedBackwardOptimizer(torch.optim.Optimizer):

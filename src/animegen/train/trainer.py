@@ -26,6 +26,7 @@ from animegen.models.family import family_of
 from animegen.models.loading import dtype_by_name
 from animegen.prompts.encode import final_layer_norm
 from animegen.train import adapters as adapters_mod
+from animegen.train import text_outputs
 from animegen.train.cache import LatentCache, TextEmbeddingCache, module_fingerprint
 from animegen.train.checkpoint import (
     last_good_checkpoint,
@@ -252,6 +253,10 @@ class Trainer:
                               or not self.config.log.progress):
                 self.latent_cache.get(it, f, self._encode_image)
 
+    def cache_text_outputs(self) -> None:
+        if self.config.data.cache_text_encoder_outputs:
+            text_outputs.cache_and_release(self)
+
     def _encode_text_uncached(self, caption: str) -> tuple[torch.Tensor, ...]:
         """One caption through the prompt encoder generation uses (75-token chunks, clip skip), with the
         (possibly DDP-wrapped, trained) text encoders; gradients flow when they train. The caption is plain
@@ -420,7 +425,7 @@ class Trainer:
 
         cfg = self.config
         try:
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), text_outputs.encoders_on_device(self):
                 return write_samples(self.pipe, cfg.sample, cfg.model.base, self.output_dir / "samples", step)
         except Exception as exc:  # noqa: BLE001 - a preview must not end a run that is training fine
             log.warning("sample preview at step %d failed, training continues: %s: %s", step,
@@ -442,6 +447,7 @@ class Trainer:
             summary.log()
         start = self.restore() if resume else 0
         self.precache()
+        self.cache_text_outputs()
         writer = None
         if cfg.log.tensorboard and acc.is_main_process:
             from torch.utils.tensorboard import SummaryWriter
