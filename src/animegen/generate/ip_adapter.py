@@ -163,7 +163,7 @@ def _encoder_width(path: Path, plus: bool) -> int | None:
 
     with safe_open(str(path), "pt") as f:
         name = "vision_model.embeddings.patch_embedding.weight" if plus else "visual_projection.weight"
-        return int(f.get_slice(name).get_shape()[0]) if name in f.keys() else None
+        return int(f.get_slice(name).get_shape()[0]) if name in f.keys() else None  # noqa: SIM118 - safe_open has no __contains__
 
 
 def find_image_encoder(adapter: str | os.PathLike, state: dict[str, dict], encoder_dir=None) -> Path:

@@ -81,7 +81,7 @@ def _diffusers_config(state: dict) -> dict:
     levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("adapter.body.")})
     widths = [int(state[f"adapter.body.{i}.resnets.0.block1.weight"].shape[0]) for i in levels]
     rb = len({k.split(".")[4] for k in state if k.startswith("adapter.body.0.resnets.")})
-    xl = len(widths) == 4 and widths[1] != widths[0] and f"adapter.body.1.in_conv.weight" in state \
+    xl = len(widths) == 4 and widths[1] != widths[0] and "adapter.body.1.in_conv.weight" in state \
         and cin % 256 == 0 and cin // 256 in (1, 3)
     unshuffle = 16 if xl else 8
     return {"in_channels": cin // unshuffle ** 2, "channels": widths, "num_res_blocks": rb,

@@ -173,20 +173,9 @@ def _read_webdataset(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
     items: list[Item] = []
     by_sha: dict[str, Item] = {}
     for shard in shards:
-        groups: dict[str, dict[str, tarfile.TarInfo]] = {}
         with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                if m.isfile():
-                    key, _, ext = m.name.partition(".")
-                    groups.setdefault(key, {})[ext.lower()] = m
-            for key in sorted(groups):
-                g = groups[key]
-                img_ext = next((e for e in g if "." + e in IMAGE_EXTENSIONS), None)
-                if img_ext is None:
-                    continue
+            for key, g, img_ext, meta in tar_samples(tf):
                 captions = []
-                meta = json.loads(tf.extractfile(g["json"]).read()) if "json" in g else {}
-                meta = meta if isinstance(meta, dict) else {}
                 if "txt" in g:
                     captions.append(tf.extractfile(g["txt"]).read().decode("utf-8").strip())
                 else:
@@ -205,6 +194,23 @@ def _read_webdataset(path: Path, entry: DatasetEntry, index: int) -> list[Item]:
                 if sha:
                     by_sha[sha] = item
     return items
+
+
+def tar_samples(tf: tarfile.TarFile):
+    """A WebDataset tar's samples in key order: (key, {extension: member}, image extension, json metadata),
+    members grouped by the name before the first dot; samples without an image are skipped."""
+    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
+    for m in tf.getmembers():
+        if m.isfile():
+            key, _, ext = m.name.partition(".")
+            groups.setdefault(key, {})[ext.lower()] = m
+    for key in sorted(groups):
+        g = groups[key]
+        img_ext = next((e for e in g if "." + e in IMAGE_EXTENSIONS), None)
+        if img_ext is None:
+            continue
+        meta = json.loads(tf.extractfile(g["json"]).read()) if "json" in g else {}
+        yield key, g, img_ext, meta if isinstance(meta, dict) else {}
 
 
 def dataset_kind(entry: DatasetEntry) -> str:

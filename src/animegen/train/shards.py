@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from animegen.core.errors import AnimegenError
-from animegen.core.files import IMAGE_EXTENSIONS, atomic_write
+from animegen.core.files import atomic_write
 from animegen.core.seeds import derive_rng
+from animegen.train.data import tar_samples
 
 SHARD_INDEX = "shards.json"
 
@@ -77,20 +78,9 @@ class ShardSample:
 
 
 def _scan_shard(path: Path) -> list[ShardSample]:
-    groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     out: list[ShardSample] = []
     with tarfile.open(path) as tf:
-        for m in tf.getmembers():
-            if m.isfile():
-                key, _, ext = m.name.partition(".")
-                groups.setdefault(key, {})[ext.lower()] = m
-        for key in sorted(groups):
-            g = groups[key]
-            img_ext = next((e for e in g if "." + e in IMAGE_EXTENSIONS), None)
-            if img_ext is None:
-                continue
-            meta = json.loads(tf.extractfile(g["json"]).read()) if "json" in g else {}
-            meta = meta if isinstance(meta, dict) else {}
+        for key, g, img_ext, meta in tar_samples(tf):
             caption = tf.extractfile(g["txt"]).read().decode("utf-8").strip() if "txt" in g else ""
             img = g[img_ext]
             w, h = meta.get("width") or 0, meta.get("height") or 0

@@ -64,7 +64,7 @@ class _ChoiceTree(random.Random):
     def random(self) -> float:  # two outcomes: "below any probability" (0.0) or "above it" (just under 1)
         return (0.0, 1.0 - 1e-12)[self._choose(2)]
 
-    def shuffle(self, x, random=None):  # noqa: ARG002
+    def shuffle(self, x, random=None):
         raise CaptionVariantsError("captions shuffle their tags per showing (data.shuffle_tags): too many "
                                    "to encode ahead; set data.cache_text_encoder_outputs = false")
 
