@@ -10,7 +10,13 @@ of that name would silently turn into a module (the callable-module trick that p
 broke `import animegen; animegen.generate(...)` outright).
 """
 
+import logging
+
 from animegen.core.lazy import lazy_exports
+
+# diffusers and peft import bitsandbytes wherever it is installed (the `8bit` extra); on CPUs with AVX512-BF16
+# it logs, at import, that an optional 4-bit kernel package is absent. 4-bit matmuls are never used here.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __version__ = "0.1.0"
 

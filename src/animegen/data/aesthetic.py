@@ -211,6 +211,11 @@ def apply_score_filter_and_tags(manifest: Manifest, min_score: float | None, con
     return sum(1 for r in scored if not r.ok)
 
 
+def apply_score(row: ManifestRow, score: float) -> None:
+    """Record one predictor output (both engines): rounded to 4 places; a NaN/inf score is no score."""
+    row.aesthetic_score = round(float(score), 4) if math.isfinite(score) else None
+
+
 def score_dataset(
     dataset: str | Path,
     scorer: AestheticScorer,
@@ -229,7 +234,7 @@ def score_dataset(
 
         def work(rows, images):
             for row, s in zip(rows, scorer.score(images)):
-                row.aesthetic_score = round(float(s), 4) if math.isfinite(s) else None
+                apply_score(row, s)
 
         done, failed = run_batched(manifest, todo, batch_size, work, desc="score", progress=progress)
         filtered = apply_score_filter_and_tags(manifest, min_score, config)

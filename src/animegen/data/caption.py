@@ -282,6 +282,20 @@ class CaptionReport:
     failed: int
 
 
+def describe(captioner: Captioner, images: list[Image.Image]) -> list[str]:
+    """One caption per image from the plug-in, or a RuntimeError naming the mismatch."""
+    texts = list(captioner(images))
+    if len(texts) != len(images):
+        raise RuntimeError(f"captioner returned {len(texts)} captions for {len(images)} images")
+    return [str(t) for t in texts]
+
+
+def apply_nl_caption(row: ManifestRow, text: str) -> None:
+    """Record a captioner's sentence (both engines); the training caption must be rebuilt."""
+    row.nl_caption = str(text).strip()
+    row.caption = None
+
+
 def caption_dataset(
     dataset: str | Path,
     *,
@@ -305,12 +319,8 @@ def caption_dataset(
             todo = [r for r in manifest.ok_rows() if force or not r.nl_caption]
 
             def work(rows, images):
-                texts = captioner(images)
-                if len(texts) != len(rows):
-                    raise RuntimeError(f"captioner returned {len(texts)} captions for {len(rows)} images")
-                for row, t in zip(rows, texts):
-                    row.nl_caption = str(t).strip()
-                    row.caption = None
+                for row, t in zip(rows, describe(captioner, images)):
+                    apply_nl_caption(row, t)
 
             described, failed = run_batched(manifest, todo, batch_size, work, desc="describe",
                                             progress=progress)

@@ -224,7 +224,7 @@ def _update_near_duplicates(manifest: Manifest, threshold: int) -> list[list[str
     return ordered
 
 
-def _process(path: Path, stat: os.stat_result, old: ManifestRow | None, known: dict[str, str],
+def process_file(path: Path, stat: os.stat_result, old: ManifestRow | None, known: dict[str, str],
              max_pixels: int, max_bytes: int | None) -> tuple[str, ManifestRow | None] | tuple[str, str]:
     """Worker: hash the file, decode it only if its content is new. Returns (kind, payload).
 
@@ -248,6 +248,25 @@ def _process(path: Path, stat: os.stat_result, old: ManifestRow | None, known: d
     return "error", ManifestRow(path=str(path), status=STATUS_ERROR, reason=reason)
 
 
+ProcessMany = Callable[[list[tuple[Path, os.stat_result, ManifestRow | None]], int, int | None],
+                       Iterable[tuple[str, object]]]
+
+
+def _process_threaded(todo, known: dict[str, str], max_pixels: int, max_bytes: int | None, workers: int):
+    """`process_file` over `todo` in a thread pool, a bounded window ahead, yielding results in order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window: deque = deque()
+        items = iter(todo)
+        for item in itertools.islice(items, workers * 4):
+            window.append(pool.submit(process_file, *item, known, max_pixels, max_bytes))
+        while window:
+            fut = window.popleft()
+            nxt = next(items, None)
+            if nxt is not None:
+                window.append(pool.submit(process_file, *nxt, known, max_pixels, max_bytes))
+            yield fut.result()
+
+
 def ingest(
     sources: Sequence[str | Path],
     out: str | Path,
@@ -257,12 +276,15 @@ def ingest(
     near_duplicate_threshold: int = 4,
     workers: int | None = None,
     progress: bool = True,
+    process_many: ProcessMany | None = None,
 ) -> IngestReport:
     """Scan `sources` into the dataset folder `out` (created if needed); resumable and incremental.
 
     `max_bytes`: larger files are error rows, never read (None: no limit).
     `near_duplicate_threshold`: max perceptual-hash bit distance of near duplicates (-1 turns it off).
     `workers`: decoding threads (PIL and hashlib release the GIL); rows are still written in scan order.
+    `process_many(todo, max_pixels, max_bytes)`: another engine for the per-file work (`process_file` on
+    every (path, stat, old) item, results in `todo` order; `data.ray_engine`); the default is threads.
     """
     out = Path(out)
     workers = workers or min(8, os.cpu_count() or 1)
@@ -291,39 +313,30 @@ def ingest(
                 todo.append((path, stat, old))
         bar = tqdm(total=len(paths), initial=report.skipped + len(report.ignored), desc="ingest", unit="img",
                    disable=not progress)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            window: deque = deque()
-            items = iter(todo)
-            for item in itertools.islice(items, workers * 4):
-                window.append((item, pool.submit(_process, *item, by_sha, max_pixels, max_bytes)))
-            while window:
-                (path, stat, old), fut = window.popleft()
-                nxt = next(items, None)
-                if nxt is not None:
-                    window.append((nxt, pool.submit(_process, *nxt, by_sha, max_pixels, max_bytes)))
-                kind, payload = fut.result()
-                key = str(path)
-                bar.update(1)
-                if kind == "ignored":
-                    report.ignored.append((key, payload))
-                    continue
-                if kind == "touched":  # same content, new mtime: nothing to redo
-                    old.size, old.mtime_ns = stat.st_size, stat.st_mtime_ns
-                    manifest.put(old)
-                    report.skipped += 1
-                    continue
-                sha = payload if kind == "duplicate" else payload.sha256
-                kept = by_sha.get(sha) if sha else None
-                if kind != "error" and kept is not None and kept != key:
-                    row = ManifestRow(path=key, sha256=sha, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
-                                      status=STATUS_DUPLICATE, duplicate_of=kept,
-                                      reason=f"exact duplicate of {kept}")
-                else:
-                    row = payload
-                    if row.status != STATUS_ERROR:
-                        by_sha[sha] = key
-                manifest.put(row)
-                report.added += 1
+        run = process_many or (lambda items, mp, mb: _process_threaded(items, by_sha, mp, mb, workers))
+        for (path, stat, old), (kind, payload) in zip(todo, run(todo, max_pixels, max_bytes), strict=True):
+            key = str(path)
+            bar.update(1)
+            if kind == "ignored":
+                report.ignored.append((key, payload))
+                continue
+            if kind == "touched":  # same content, new mtime: nothing to redo
+                old.size, old.mtime_ns = stat.st_size, stat.st_mtime_ns
+                manifest.put(old)
+                report.skipped += 1
+                continue
+            sha = payload if kind == "duplicate" else payload.sha256
+            kept = by_sha.get(sha) if sha else None
+            if kind != "error" and kept is not None and kept != key:
+                row = ManifestRow(path=key, sha256=sha, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                                  status=STATUS_DUPLICATE, duplicate_of=kept,
+                                  reason=f"exact duplicate of {kept}")
+            else:
+                row = payload
+                if row.status != STATUS_ERROR:
+                    by_sha[sha] = key
+            manifest.put(row)
+            report.added += 1
         bar.close()
         folders = _repeat_folders(sources, paths)
         report.repeat_folders = {str(f): info for f, info in sorted(folders.items())}

@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from animegen.data.batching import run_batched
-from animegen.data.manifest import Manifest
-from animegen.data.tagger import DEFAULT_CHARACTER_THRESHOLD, DEFAULT_GENERAL_THRESHOLD, WD14Tagger
+from animegen.data.manifest import Manifest, ManifestRow
+from animegen.data.tagger import (
+    DEFAULT_CHARACTER_THRESHOLD,
+    DEFAULT_GENERAL_THRESHOLD,
+    TagResult,
+    WD14Tagger,
+)
 
 
 @dataclass
@@ -16,6 +21,16 @@ class TagReport:
     tagged: int
     skipped: int
     failed: int
+
+
+def apply_tags(row: ManifestRow, res: TagResult, tagger_name: str) -> None:
+    """Record one tagger result on its row (both engines): tags, scores rounded to 4 places, rating."""
+    row.tags = list(res.general)
+    row.character_tags = list(res.character)
+    row.tag_scores = {k: round(v, 4) for k, v in {**res.character, **res.general}.items()}
+    row.rating = res.rating
+    row.tagger = tagger_name
+    row.caption = None  # stale: re-run `animegen data caption`
 
 
 def tag_dataset(
@@ -42,12 +57,7 @@ def tag_dataset(
                                  character_threshold=character_threshold, general_mcut=general_mcut,
                                  character_mcut=character_mcut, blacklist=blacklist)
             for row, res in zip(rows, results):
-                row.tags = list(res.general)
-                row.character_tags = list(res.character)
-                row.tag_scores = {k: round(v, 4) for k, v in {**res.character, **res.general}.items()}
-                row.rating = res.rating
-                row.tagger = tagger.name
-                row.caption = None  # stale: re-run `animegen data caption`
+                apply_tags(row, res, tagger.name)
 
         done, failed = run_batched(manifest, todo, batch_size, work, desc="tag", progress=progress)
     return TagReport(tagged=done, skipped=len(ok) - len(todo), failed=failed)

@@ -44,7 +44,8 @@ def _make_one(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Optimize
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                  fused=_fused_kernel_exists(groups) or None)
     if cfg.name in EIGHT_BIT:
-        bnb = _bitsandbytes()
+        import bitsandbytes as bnb
+
         # bitsandbytes warns once per optimizer that paging is a CUDA feature; on CPU both are the same
         on_cuda = all(p.device.type == "cuda" for g in groups for p in g["params"])
         kind = bnb.optim.PagedAdamW8bit if cfg.name == "paged_adamw8bit" and on_cuda else bnb.optim.AdamW8bit
@@ -63,21 +64,6 @@ def _make_one(groups: list[dict], cfg: OptimizerSection) -> torch.optim.Optimize
         return Adafactor(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
     raise ValueError(f"optimizer.name {cfg.name!r}: choose adamw, adamw8bit, paged_adamw8bit, prodigy or adafactor")
-
-
-def _bitsandbytes():
-    """Import bitsandbytes without its import-time notice that an optional CPU 4-bit kernel package
-    (`kernels`) is absent: 4-bit matmuls are not used here, and the notice depends on the CPU's features."""
-    import logging
-
-    quiet = logging.getLogger("bitsandbytes")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        import bitsandbytes
-    finally:
-        quiet.setLevel(level)
-    return bitsandbytes
 
 
 def live_state_bytes(optimizer: torch.optim.Optimizer) -> int:
