@@ -205,7 +205,7 @@ def check_controlnets(problems: Problems, specs: Iterable[str], folder: Path | N
     (spec, model path, image path, weight) per good unit, the model's name resolved in `folder` (none when a
     shared option is bad: it is reported once here, not again by each unit's `ControlUnit.validate`)."""
     from animegen.generate.controlnet import available_controlnets, control_mode_name
-    from animegen.generate.preprocessors import PREPROCESSORS, preprocessor_spec
+    from animegen.generate.preprocessors import PREPROCESSORS, is_ip_adapter_module, preprocessor_spec
 
     specs = list(specs)
     if not specs:
@@ -213,7 +213,7 @@ def check_controlnets(problems: Problems, specs: Iterable[str], folder: Path | N
     check_folder(problems, "--controlnet-dir", folder)
     before = len(problems.lines)
     try:
-        if not module.strip().lower().startswith("ip-adapter"):  # ip-adapter_clip_*: generate.ip_adapter
+        if not is_ip_adapter_module(module):
             preprocessor_spec(module)
     except AnimegenError as exc:
         problems.add(f"--controlnet-module {module}", error_line(exc) + did_you_mean(module, PREPROCESSORS))

@@ -111,7 +111,7 @@ class ControlUnit:
 
     def validate(self) -> None:
         """Raise AnimegenError naming the first bad field and what would work."""
-        from animegen.generate.preprocessors import preprocessor_spec
+        from animegen.generate.preprocessors import is_ip_adapter_module, preprocessor_spec
 
         if not 0 <= self.guidance_start <= self.guidance_end <= 1:
             raise AnimegenError(f"ControlNet guidance_start {self.guidance_start} and guidance_end "
@@ -122,7 +122,7 @@ class ControlUnit:
             raise AnimegenError(f"ControlNet processor_res must be at least 64, got {self.processor_res}")
         control_mode_name(self.control_mode)
         resize_mode_name(self.resize_mode)
-        if not str(self.preprocessor).lower().startswith("ip-adapter"):  # IP-Adapter modules: generate.ip_adapter
+        if not is_ip_adapter_module(self.preprocessor):
             preprocessor_spec(self.preprocessor)
 
 
@@ -248,11 +248,11 @@ def controlnet_name(path: str | os.PathLike) -> str:
 def controlnet_fields(units: Sequence[ControlUnit]) -> dict[str, str]:
     """The extension's infotext fields, one per unit: `ControlNet i: "Module: canny, Model: name [hash], ..."`
     (reading an infotext back ignores them, as A1111 without the extension)."""
-    from animegen.generate.preprocessors import preprocessor_spec
+    from animegen.generate.preprocessors import is_ip_adapter_module, preprocessor_spec
 
     fields = {}
     for i, unit in enumerate(units):
-        if str(unit.preprocessor).lower().startswith("ip-adapter"):  # no preprocessor spec: the CLIP image encoder
+        if is_ip_adapter_module(unit.preprocessor):  # no preprocessor spec: the CLIP image encoder
             fields[f"ControlNet {i}"] = (f"Module: {unit.preprocessor}, Model: {controlnet_name(unit.model)}, "
                                          f"Weight: {unit.weight:g}, Guidance Start: {unit.guidance_start:g}, "
                                          f"Guidance End: {unit.guidance_end:g}")
@@ -313,6 +313,7 @@ class ControlRun:
                  annotator_dir=None):
         self.total_steps = max(1, int(total_steps))
         self.sampling_step = 0
+        self.ip_adapter = None  # the pass's IP-Adapter units (`generate.ip_adapter.IPAdapterRun`), set by KPipeline
         self.units = []
         for unit in units:
             unit.validate()

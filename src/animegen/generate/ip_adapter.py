@@ -49,9 +49,10 @@ _lock = threading.Lock()
 
 def is_ip_adapter_unit(unit) -> bool:
     """True for a unit whose preprocessor is an `ip-adapter_clip_*` module or whose model file is named ip-adapter*."""
-    module = str(getattr(unit, "preprocessor", "") or "").strip().lower()
+    from animegen.generate.preprocessors import is_ip_adapter_module
+
     stem = Path(str(unit.model)).name.lower().replace("_", "-")
-    return module.startswith("ip-adapter") or stem.startswith("ip-adapter")
+    return is_ip_adapter_module(getattr(unit, "preprocessor", "")) or stem.startswith("ip-adapter")
 
 
 def _cached(key: tuple, make):

@@ -100,7 +100,7 @@ class KPipeline:
         embeds, t = cond["encoder_hidden_states"].to(dtype), t.to(x.device)
         if control is not None:  # ControlNet units: their residuals (none while every unit is inactive)
             extra.update(control.residuals(x.to(dtype), t, {**cond, "encoder_hidden_states": embeds}, extra))
-        if getattr(control, "ip_adapter", None) is not None:  # IP-Adapter units (`generate.ip_adapter`)
+        if control is not None and control.ip_adapter is not None:  # IP-Adapter units (`generate.ip_adapter`)
             return control.ip_adapter.forward(unet, x.to(dtype), t, embeds, cond["uncond_mark"], extra)
         with torch.no_grad():
             return unet(x.to(dtype), t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]

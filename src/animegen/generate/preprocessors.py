@@ -65,6 +65,12 @@ ALIASES = {"tile": "tile_resample", "scribble": "threshold", "scribble_threshold
            "depth": "depth_midas", "None": "none"}
 
 
+def is_ip_adapter_module(name) -> bool:
+    """The extension's `ip-adapter_clip_*` modules: no hint preprocessing here, the CLIP image encoder runs in
+    `generate.ip_adapter` instead (so they have no `PreprocessorSpec`)."""
+    return str(name or "").strip().lower().startswith("ip-adapter")
+
+
 def preprocessor_spec(name: str) -> PreprocessorSpec:
     """The preprocessor called `name` (the extension's module names; a few short aliases)."""
     key = ALIASES.get(name, ALIASES.get(str(name).lower(), str(name).lower()))

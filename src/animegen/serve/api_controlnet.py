@@ -28,7 +28,7 @@ from animegen.generate.controlnet import (
     controlnet_name,
     resize_mode_name,
 )
-from animegen.generate.preprocessors import PREPROCESSORS, preprocessor_spec
+from animegen.generate.preprocessors import PREPROCESSORS, is_ip_adapter_module, preprocessor_spec
 
 API_VERSION = 2  # what the extension's GET /controlnet/version answers
 _IGNORED = {"low_vram", "lowvram", "guessmode", "is_ui", "input_mode", "batch_images", "output_dir",
@@ -82,8 +82,8 @@ def _unit(arg: dict, where: str, image, find_model, init_image) -> ControlUnit:
         return default if unset_below is not None and value < unset_below else float(value)
 
     try:
-        module = str(arg.get("module") or "none").strip()  # ip-adapter_clip_*: generate.ip_adapter's, kept as sent
-        module = module if module.lower().startswith("ip-adapter") else preprocessor_spec(module).name
+        module = str(arg.get("module") or "none").strip()  # an ip-adapter_clip_* module is kept as sent
+        module = module if is_ip_adapter_module(module) else preprocessor_spec(module).name
     except AnimegenError as exc:
         raise AnimegenError(f"{where}: module: {exc} (GET /controlnet/module_list)") from None
     try:

@@ -253,10 +253,6 @@ class Trainer:
                               or not self.config.log.progress):
                 self.latent_cache.get(it, f, self._encode_image)
 
-    def cache_text_outputs(self) -> None:
-        if self.config.data.cache_text_encoder_outputs:
-            text_outputs.cache_and_release(self)
-
     def _encode_text_uncached(self, caption: str) -> tuple[torch.Tensor, ...]:
         """One caption through the prompt encoder generation uses (75-token chunks, clip skip), with the
         (possibly DDP-wrapped, trained) text encoders; gradients flow when they train. The caption is plain
@@ -447,7 +443,8 @@ class Trainer:
             summary.log()
         start = self.restore() if resume else 0
         self.precache()
-        self.cache_text_outputs()
+        if cfg.data.cache_text_encoder_outputs:
+            text_outputs.cache_and_release(self)
         writer = None
         if cfg.log.tensorboard and acc.is_main_process:
             from torch.utils.tensorboard import SummaryWriter
